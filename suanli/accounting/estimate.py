@@ -1,0 +1,55 @@
+"""The worst case a job may cost: its time limit x what it allocates x the partition's rates."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from suanli.jobs.resources import Resources
+
+
+@dataclass(frozen=True)
+class Estimate:
+    tasks: int
+    cpus: int  # allocated per array task (all nodes)
+    accelerators: int  # allocated per array task (all nodes)
+    accelerator_kind: str | None
+    hours: float | None  # time limit per task; None when the job has no limit
+    cpu_hours: float | None
+    accelerator_hours: float | None
+    charge: float | None
+
+    def describe(self) -> str:
+        if self.hours is None:
+            return "no time limit, so no upper bound on cost"
+        acc = ""
+        if self.accelerators:
+            acc = f", {self.accelerator_hours:.2f} {self.accelerator_kind} accelerator-hours"
+        return (f"at most {self.cpu_hours:.2f} cpu-hours{acc}, charge {self.charge:.2f} units "
+                f"({self.tasks} task(s) x {self.hours:.2f} h)")
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "tasks": self.tasks,
+            "cpus": self.cpus,
+            "accelerators": self.accelerators,
+            "accelerator_kind": self.accelerator_kind,
+            "hours": self.hours,
+            "cpu_hours": self.cpu_hours,
+            "accelerator_hours": self.accelerator_hours,
+            "charge": self.charge,
+        }
+
+
+def worst_case(resources: Resources, tasks: int, cpu_hour_rate: float, accelerator_hour_rate: float,
+               cpus_per_node: int | None = None) -> Estimate:
+    """Allocated CPUs (a whole node's worth when the scheduler hands out whole nodes) x limit x rate."""
+    cpus = resources.nodes * (cpus_per_node or resources.cpus_per_node)
+    accs = resources.nodes * resources.accelerators_per_node
+    limit = resources.time_limit
+    if limit is None:
+        return Estimate(tasks, cpus, accs, resources.accelerator_kind, None, None, None, None)
+    hours = limit.total_seconds() / 3600
+    cpu_h = cpus * hours * tasks
+    acc_h = accs * hours * tasks
+    return Estimate(tasks, cpus, accs, resources.accelerator_kind, hours, cpu_h, acc_h,
+                    cpu_h * cpu_hour_rate + acc_h * accelerator_hour_rate)

@@ -1,0 +1,8 @@
+"""Huawei Kunpeng (HiSilicon, ARM implementer 0x48) CPU nodes: OpenMP pinned to cores."""
+
+from suanli.adapters.base import PinnedCpuAdapter
+
+
+class KunpengAdapter(PinnedCpuAdapter):
+    name = "kunpeng"
+    description = "Huawei Kunpeng 920/950 ARM CPU nodes"

@@ -1,0 +1,427 @@
+"""The top of the stack: turns specs into submissions, keeps the registry current, and backs Job handles.
+
+Both the Python API (``suanli.submit``) and the CLI go through :class:`Client`, so validation, defaults and
+the registry behave the same from either.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import getpass
+import os
+import secrets
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from suanli.adapters import get_adapter
+from suanli.compute.base import Backend, DependencyRef, JobRef, Plan, Submission
+from suanli.compute.config import ClusterConfig, Configs, PartitionConfig, load_configs
+from suanli.compute.registry import get_backend
+from suanli.compute.store import JobRow, Store, TaskUpdate
+from suanli.errors import JobFailedError, RemoteTraceback, UsageError
+from suanli.jobs.handle import Job, JobArray, JobController, Stream
+from suanli.jobs.record import JobInfo
+from suanli.jobs.resources import Resources
+from suanli.jobs.spec import MPI, Array, Command, Dependency, Function, JobSpec, Map, Training
+
+_ID_ALPHABET = "abcdefghjkmnpqrstuvwxyz23456789"
+
+#: Keyword options of ``submit``/``map`` that go into Resources.
+RESOURCE_OPTIONS = {
+    "nodes": "nodes", "tasks_per_node": "tasks_per_node", "ntasks_per_node": "tasks_per_node",
+    "cpus_per_task": "cpus_per_task", "memory": "memory", "mem": "memory", "accelerators": "accelerators",
+    "accelerator_kind": "accelerator_kind", "time": "time",
+}
+#: Keyword options of ``submit``/``map`` that go into JobSpec.
+SPEC_OPTIONS = {
+    "qos": "qos", "constraint": "constraint", "setup": "setup", "workdir": "workdir", "array": "array",
+    "after": "dependencies", "dependencies": "dependencies", "requeue": "max_restarts",
+    "max_restarts": "max_restarts",
+}
+
+
+def new_id() -> str:
+    """Eight characters, starting with a letter so an id never looks like a Slurm job number."""
+    first = secrets.choice(_ID_ALPHABET[:23])
+    return first + "".join(secrets.choice(_ID_ALPHABET) for _ in range(7))
+
+
+def current_user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return str(os.getuid())
+
+
+def build_spec(target: Any, args: Sequence[Any] = (), kwargs: Mapping[str, Any] | None = None, *,
+               cluster: str | None = None, partition: str | None = None, account: str | None = None,
+               resources: Resources | None = None, name: str | None = None,
+               env: Mapping[str, str] | None = None, **options: Any) -> JobSpec:
+    """A JobSpec from ``submit``'s arguments: a callable, an argv list, a workload or a JobSpec."""
+    res_opts: dict[str, Any] = {}
+    spec_opts: dict[str, Any] = {}
+    for key, value in options.items():
+        if key in RESOURCE_OPTIONS:
+            res_opts[RESOURCE_OPTIONS[key]] = value
+        elif key in SPEC_OPTIONS:
+            spec_opts[SPEC_OPTIONS[key]] = value
+        else:
+            valid = sorted({*RESOURCE_OPTIONS, *SPEC_OPTIONS})
+            raise UsageError(f"submit: unknown option {key!r}; valid options: {', '.join(valid)}")
+    if "dependencies" in spec_opts:
+        deps = spec_opts["dependencies"]
+        if isinstance(deps, str | Job | Dependency) or not isinstance(deps, Iterable):
+            deps = [deps]
+        spec_opts["dependencies"] = tuple(Dependency.parse(d) for d in deps)
+    if "array" in spec_opts and spec_opts["array"] is not None:
+        spec_opts["array"] = Array.parse(spec_opts["array"])
+
+    if isinstance(target, JobSpec):
+        if args or kwargs:
+            raise UsageError("submit: positional args and kwargs belong to a callable, not to a JobSpec")
+        spec = target
+    else:
+        if isinstance(target, Command | Function | Map | Training | MPI):
+            workload: Any = target
+            if args or kwargs:
+                raise UsageError("submit: positional args and kwargs belong to a callable, not to a workload")
+        elif callable(target):
+            workload = Function(target, tuple(args), dict(kwargs or {}))
+        elif isinstance(target, list | tuple) and target and all(isinstance(a, str) for a in target):
+            workload = Command([*target, *map(str, args)])
+        else:
+            raise UsageError(f"submit: {target!r} is not a callable, an argv list, a workload or a JobSpec")
+        spec = JobSpec(workload=workload)
+    base_res = resources or spec.resources
+    if res_opts:
+        merged = {f.name: getattr(base_res, f.name) for f in dataclasses.fields(Resources)}
+        if "accelerators" in res_opts and "accelerator_kind" not in res_opts:
+            merged["accelerator_kind"] = None
+        merged.update(res_opts)
+        base_res = Resources(**merged)
+    changes: dict[str, Any] = {"resources": base_res, **spec_opts}
+    for key, value in (("cluster", cluster), ("partition", partition), ("account", account), ("name", name)):
+        if value is not None:
+            changes[key] = value
+    if env:
+        changes["env"] = {**spec.env, **env}
+    return dataclasses.replace(spec, **changes)
+
+
+class Client(JobController):
+    """Submission, status and handles over one registry (``$SUANLI_HOME``) and one config search path."""
+
+    def __init__(self, config: str | None = None, store: Store | None = None) -> None:
+        self.config_path = config
+        self.store = store or Store()
+        self._configs: Configs | None = None
+        self._backends: dict[tuple[str, str], Backend] = {}
+
+    # ------------------------------------------------------------ configuration
+    @property
+    def configs(self) -> Configs:
+        if self._configs is None:
+            self._configs = load_configs(self.config_path)
+        return self._configs
+
+    def backend(self, cluster: str, backend: str) -> Backend:
+        key = (cluster, backend)
+        if key not in self._backends:
+            if backend == "local":
+                # Status, logs and cancel of local jobs need no config: the job folder has everything.
+                from suanli.compute.local.backend import LocalBackend
+
+                cfg = ClusterConfig(name=cluster, backend="local", partitions=(PartitionConfig("local"),))
+                self._backends[key] = LocalBackend(cfg)
+            else:
+                cfg = self.configs.cluster(cluster)
+                self._backends[key] = get_backend(cfg)
+        return self._backends[key]
+
+    # ------------------------------------------------------------ submission
+    def prepare(self, spec: JobSpec, cluster: str | None = None) -> tuple[Submission, Backend]:
+        """Resolve cluster, partition, adapter, defaults and dependencies; check the request fits."""
+        cfg = self.configs.cluster(spec.cluster or cluster)
+        part = cfg.partition(spec.partition)
+        adapter = get_adapter(part.adapter)
+        res = spec.resources
+        where = f"partition {part.name!r} of cluster {cfg.name!r}"
+        if res.accelerators_per_node and res.accelerator_kind is None and adapter.accelerator_kind:
+            res = dataclasses.replace(res, accelerator_kind=adapter.accelerator_kind)
+        adapter.check(res, where)
+        if res.time_limit is None and (part.default_time or part.max_time):
+            res = dataclasses.replace(res, time=part.default_time or part.max_time)
+        check_fits(res, part, where)
+        deps = tuple(self._dependency(d, cfg.name) for d in spec.dependencies)
+        spec = dataclasses.replace(
+            spec, resources=res, cluster=cfg.name, partition=part.name,
+            account=spec.account or cfg.default_account, qos=spec.qos or part.qos,
+            constraint=spec.constraint or part.constraint,
+        )
+        job_id = new_id()
+        backend = self._submit_backend(cfg)
+        sub = Submission(job_id=job_id, spec=spec, cluster=cfg, partition=part, adapter=adapter,
+                         job_dir=self.store.root / "jobs" / job_id, user=current_user(), dependencies=deps)
+        return sub, backend
+
+    def _submit_backend(self, cfg: ClusterConfig) -> Backend:
+        """A backend built from the full cluster config (status-only backends may be built without one)."""
+        key = (cfg.name, "submit")
+        if key not in self._backends:
+            self._backends[key] = get_backend(cfg)
+        return self._backends[key]
+
+    def _dependency(self, dep: Dependency, cluster: str) -> DependencyRef:
+        row, task = self.store.resolve(dep.job_id)
+        if task is not None:
+            raise UsageError(f"dependency: {dep.job_id!r} is an array task; depend on the whole job {row.id}")
+        if row.cluster != cluster:
+            raise UsageError(f"dependency: job {row.id} runs on cluster {row.cluster!r}, this job on {cluster!r}; "
+                             "dependencies must stay on one cluster")
+        return DependencyRef(kind=dep.kind, job_id=row.id, native_id=row.native_id, job_dir=row.job_dir)
+
+    def plan(self, spec: JobSpec, cluster: str | None = None) -> tuple[Plan, Submission]:
+        sub, backend = self.prepare(spec, cluster)
+        return backend.plan(sub), sub
+
+    def submit_spec(self, spec: JobSpec, cluster: str | None = None) -> Job | JobArray:
+        """Plan, record, submit. A refused submission leaves nothing in the registry."""
+        from suanli.jobs.state import JobState
+
+        sub, backend = self.prepare(spec, cluster)
+        plan = backend.plan(sub)
+        s = sub.spec
+        row = JobRow(
+            id=sub.job_id, name=s.display_name, cluster=sub.cluster.name, backend=sub.cluster.backend,
+            native_id=None, kind=s.workload.kind, partition=s.partition, account=s.account, user=sub.user,
+            submitted_at=time.time(), job_dir=str(sub.job_dir),
+            meta={"resources": s.resources.to_dict(), "array": s.array.compact() if s.array else None,
+                  "dependencies": [f"{d.kind}:{d.job_id}" for d in sub.dependencies],
+                  "max_restarts": s.max_restarts, "qos": s.qos, "constraint": s.constraint,
+                  "adapter": sub.adapter.name},
+            done=False,
+        )
+        self.store.insert(row, sub.tasks, JobState.PENDING, "Submitting")
+        try:
+            native = backend.submit(plan)
+        except BaseException:
+            self.store.delete(sub.job_id)
+            raise
+        self.store.set_native_id(sub.job_id, native)
+        if s.array is not None:
+            return JobArray(sub.job_id, self, list(s.array.indices))
+        return Job(sub.job_id, self)
+
+    def submit(self, target: Any, *args: Any, kwargs: Mapping[str, Any] | None = None,
+               cluster: str | None = None, **options: Any) -> Job | JobArray:
+        return self.submit_spec(build_spec(target, args, kwargs, **options), cluster)
+
+    def map(self, fn: Callable[[Any], Any], items: Iterable[Any], *, cluster: str | None = None,
+            engine: str | None = None, max_concurrent: int | None = None, **options: Any) -> JobArray:
+        if engine not in (None, "array"):
+            raise UsageError(f"map: engine {engine!r} is not available; valid engines: array")
+        workload = Map(fn, items)
+        n = len(workload.items)
+        array = Array(tuple(range(n)), max_concurrent)
+        spec = build_spec(JobSpec(workload=workload, array=array), **options)
+        handle = self.submit_spec(spec, cluster)
+        assert isinstance(handle, JobArray)
+        return handle
+
+    def get_job(self, job_id: str) -> Job | JobArray:
+        row, task = self.store.resolve(job_id)
+        if task is None and row.meta.get("array"):
+            tasks = [t[0] for t in self.store.tasks([row.id])[row.id]]
+            return JobArray(row.id, self, tasks)
+        return Job(row.id, self, task)
+
+    # ------------------------------------------------------------ status
+    def refresh(self, rows: Sequence[JobRow]) -> None:
+        """Ask each backend once for every unfinished task of these jobs; terminal states are cached."""
+        from suanli.jobs.state import JobState
+
+        open_rows = [r for r in rows if not r.done and r.native_id is not None]
+        if not open_rows:
+            return
+        tasks = self.store.tasks([r.id for r in open_rows])
+        groups: dict[tuple[str, str], list[JobRef]] = {}
+        for r in open_rows:
+            live = tuple(None if t[0] == -1 else t[0] for t in tasks[r.id] if not JobState(t[1]).is_terminal)
+            if live:
+                groups.setdefault((r.cluster, r.backend), []).append(JobRef(r.id, r.native_id, r.job_dir, live))
+        updates: list[TaskUpdate] = []
+        for (cluster, backend_name), refs in groups.items():
+            statuses = self.backend(cluster, backend_name).status_many(refs)
+            for (job_id, task), st in statuses.items():
+                updates.append(TaskUpdate(job_id, task, st.state, st.reason, st.restarts, st.started_at,
+                                          st.ended_at, st.exit_code, st.native_id))
+        self.store.update_tasks(updates)
+
+    def list_infos(self, rows: Sequence[JobRow], refresh: bool = True) -> list[JobInfo]:
+        if refresh:
+            self.refresh(rows)
+            rows = self.store.query(ids=[r.id for r in rows]) if any(not r.done for r in rows) else rows
+        return self.store.infos(rows)
+
+    def _row(self, job_id: str) -> JobRow:
+        row = self.store.get(job_id)
+        if row is None:
+            raise UsageError(f"job: no job {job_id!r} in the registry {self.store.path}")
+        return row
+
+    def _ref(self, row: JobRow, tasks: tuple[int | None, ...] = ()) -> JobRef:
+        return JobRef(row.id, row.native_id, row.job_dir, tasks)
+
+    # ------------------------------------------------------------ JobController
+    def infos(self, job_id: str) -> list[JobInfo]:
+        return self.list_infos([self._row(job_id)])
+
+    def wait_for(self, keys: Sequence[tuple[str, int | None]], timeout: float | None) -> list[JobInfo]:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        rows = [self._row(j) for j in dict.fromkeys(k[0] for k in keys)]
+        wanted = {k for k in keys}
+        interval = min(self.backend(rows[0].cluster, rows[0].backend).poll_initial_s, 1.0) if rows else 0.1
+        ceiling = self._poll_ceiling(rows)
+        while True:
+            infos = self.list_infos(rows)
+            picked = [i for i in infos if (i.id, i.array_task) in wanted or (i.id, None) in wanted]
+            if all(i.state.is_terminal for i in picked):
+                return picked
+            rows = [r for r in self.store.query(ids=[r.id for r in rows])]
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(f"job(s) {', '.join(sorted({k[0] for k in keys}))} still running after "
+                                   f"{timeout} s")
+            pause = interval if deadline is None else min(interval, max(0.0, deadline - time.monotonic()))
+            time.sleep(pause)
+            interval = min(interval * 1.5, ceiling)
+
+    def _poll_ceiling(self, rows: Sequence[JobRow]) -> float:
+        ceilings = [self.backend(r.cluster, r.backend).poll_max_s for r in rows]
+        ceiling = max(ceilings) if ceilings else 1.0
+        if any(r.backend != "local" for r in rows):
+            ceiling = min(ceiling, self.configs.settings.status_poll_max_s)
+        return ceiling
+
+    def log_paths(self, job_id: str, task: int | None) -> tuple[Path, Path]:
+        row = self._row(job_id)
+        return self.backend(row.cluster, row.backend).log_paths(self._ref(row), task)
+
+    def read_log(self, job_id: str, task: int | None, stream: Stream) -> str:
+        out, err = self.log_paths(job_id, task)
+        path = out if stream == "stdout" else err
+        try:
+            return path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def follow_log(self, job_id: str, task: int | None, stream: Stream) -> Iterator[str]:
+        out, err = self.log_paths(job_id, task)
+        path = out if stream == "stdout" else err
+        return (line for _, line in follow_files([path], lambda: self._task_done(job_id, task)))
+
+    def _task_done(self, job_id: str, task: int | None) -> bool:
+        infos = self.infos(job_id)
+        return all(i.state.is_terminal for i in infos if task is None or i.array_task == task)
+
+    def read_result(self, job_id: str, task: int | None) -> Any:
+        import cloudpickle
+
+        row = self._row(job_id)
+        if row.kind not in ("function", "map"):
+            raise UsageError(f"job {job_id} runs a {row.kind}, which has no result; use its logs or exit code")
+        path = self.backend(row.cluster, row.backend).result_path(self._ref(row), task)
+        try:
+            with open(path, "rb") as fh:
+                outcome = cloudpickle.load(fh)
+        except FileNotFoundError:
+            infos = [i for i in self.infos(job_id) if i.array_task == task]
+            state = infos[0].state.value if infos else "UNKNOWN"
+            tail = self.read_log(job_id, task, "stderr").strip().splitlines()[-5:]
+            detail = ("; stderr ends: " + " | ".join(tail)) if tail else ""
+            tid = job_id if task is None else f"{job_id}_{task}"
+            raise JobFailedError(f"job {tid} ended {state} without a result{detail}") from None
+        if outcome[0] == "ok":
+            return outcome[1]
+        _, exc, tb, text = outcome
+        if isinstance(exc, BaseException):
+            raise exc from RemoteTraceback(tb)
+        raise JobFailedError(f"job {job_id} raised {text}") from RemoteTraceback(tb)
+
+    def cancel(self, job_id: str, task: int | None) -> None:
+        row = self._row(job_id)
+        if row.done:
+            return
+        self.backend(row.cluster, row.backend).cancel([self._ref(row, () if task is None else (task,))])
+
+    def cancel_many(self, targets: Sequence[tuple[JobRow, int | None]]) -> None:
+        """Cancel several jobs with one backend call per cluster."""
+        groups: dict[tuple[str, str], list[JobRef]] = {}
+        for row, task in targets:
+            if not row.done:
+                groups.setdefault((row.cluster, row.backend), []).append(
+                    self._ref(row, () if task is None else (task,)))
+        for (cluster, backend_name), refs in groups.items():
+            self.backend(cluster, backend_name).cancel(refs)
+
+
+def follow_files(paths: Sequence[Path], finished: Callable[[], bool]) -> Iterator[tuple[int, str]]:
+    """Yield (file index, line) as lines are appended to any of the files; stop once ``finished()`` and
+    nothing more is left. Files are created first so following can start before the job writes."""
+    handles = []
+    for p in paths:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.touch(exist_ok=True)
+        handles.append(open(p, errors="replace"))  # noqa: SIM115 - closed below
+    pending = ["" for _ in paths]
+    delay = 0.02
+    try:
+        while True:
+            got = False
+            for i, fh in enumerate(handles):
+                chunk = fh.read()
+                if chunk:
+                    got = True
+                    pending[i] += chunk
+                    *lines, pending[i] = pending[i].split("\n")
+                    for line in lines:
+                        yield i, line + "\n"
+            if got:
+                delay = 0.02
+                continue
+            if finished():
+                for i, fh in enumerate(handles):
+                    rest = pending[i] + fh.read()
+                    for line in rest.splitlines(keepends=True):
+                        yield i, line
+                return
+            time.sleep(delay)
+            delay = min(delay * 2, 1.0)
+    finally:
+        for fh in handles:
+            fh.close()
+
+
+# ---------------------------------------------------------------- request checks
+def check_fits(res: Resources, part: PartitionConfig, where: str) -> None:
+    """Refuse a request larger than the partition before anything is submitted."""
+
+    def too_big(what: str, asked: object, have: object, hint: str) -> UsageError:
+        return UsageError(f"{what}: asked for {asked}, but {where} has {have}; {hint}")
+
+    if part.nodes is not None and res.nodes > part.nodes:
+        raise too_big("nodes", res.nodes, f"{part.nodes} node(s)", "ask for fewer nodes")
+    if part.cpus_per_node is not None and res.cpus_per_node > part.cpus_per_node:
+        raise too_big("cpus", f"{res.cpus_per_node} CPUs per node ({res.tasks_per_node} tasks x "
+                      f"{res.cpus_per_task} cpus)", f"{part.cpus_per_node} per node",
+                      "ask for fewer tasks or CPUs per task")
+    if res.accelerators_per_node > part.accelerators_per_node:
+        raise too_big("accelerators", f"{res.accelerators_per_node} per node",
+                      f"{part.accelerators_per_node} per node", "ask for fewer accelerators per node, more nodes")
+    if part.memory_per_node_mb is not None and res.memory_mb is not None and res.memory_mb > part.memory_per_node_mb:
+        raise too_big("memory", f"{res.memory_mb} MiB per node", f"{part.memory_per_node_mb} MiB per node",
+                      "ask for less memory")
+    limit = res.time_limit
+    if part.max_time is not None and limit is not None and limit > part.max_time:
+        raise too_big("time", str(limit), f"a max_time of {part.max_time}", "ask for a shorter --time")

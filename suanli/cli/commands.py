@@ -1,0 +1,350 @@
+"""The CLI verbs. Each returns the process exit code; errors are raised as SuanliError subclasses."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from suanli.cli.output import duration, local_time, print_json, short, table
+from suanli.errors import UsageError
+
+if TYPE_CHECKING:
+    from suanli.api import Client
+    from suanli.compute.store import JobRow
+    from suanli.jobs.record import JobInfo
+
+
+def _client(args: argparse.Namespace) -> Client:
+    from suanli.api import Client
+
+    return Client(getattr(args, "config", None))
+
+
+# ---------------------------------------------------------------- submit
+def _parse_env(pairs: list[str]) -> dict[str, str]:
+    env: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--env: {pair!r} is not KEY=VALUE")
+        env[key] = value
+    return env
+
+
+def _spec_from_args(args: argparse.Namespace) -> Any:
+    from suanli.api import build_spec
+    from suanli.jobs.spec import Command, JobSpec
+
+    command = list(args.command)
+    if command and command[0] == "--":
+        command = command[1:]
+    if len(command) == 1 and command[0].endswith((".yaml", ".yml")) and Path(command[0]).is_file():
+        from suanli.jobs.specfile import load_spec_file
+
+        spec = load_spec_file(command[0])
+    elif not command:
+        raise UsageError("submit: give a command after -- (suanli submit -- python sim.py) or a JOB.yaml file")
+    else:
+        spec = JobSpec(workload=Command(command))
+    options: dict[str, Any] = {}
+    for key, opt in (("nodes", "nodes"), ("tasks_per_node", "tasks_per_node"), ("cpus_per_task", "cpus_per_task"),
+                     ("mem", "memory"), ("accelerators", "accelerators"), ("time", "time"), ("array", "array"),
+                     ("qos", "qos"), ("constraint", "constraint"), ("workdir", "workdir"),
+                     ("requeue", "requeue")):
+        value = getattr(args, key)
+        if value is not None:
+            options[opt] = value
+    if args.setup:
+        options["setup"] = (*spec.setup, *args.setup)
+    if args.after:
+        options["after"] = (*spec.dependencies, *args.after)
+    return build_spec(spec, cluster=args.cluster, partition=args.partition, account=args.account, name=args.name,
+                      env=_parse_env(args.env), **options)
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    from suanli.accounting import worst_case
+
+    client = _client(args)
+    spec = _spec_from_args(args)
+    if args.dry_run:
+        plan, sub = client.plan(spec)
+        part = sub.partition
+        est = worst_case(sub.spec.resources, sub.spec.task_count, part.charge.cpu_hour, part.charge.accelerator_hour)
+        if args.json:
+            print_json({"plan": plan.to_json(), "estimate": est.to_json()})
+        else:
+            sys.stdout.write(plan.render())
+            sys.stdout.write(f"# may cost: {est.describe()}\n# dry run: nothing was submitted\n")
+        return 0
+    handle = client.submit_spec(spec)
+    job_id = handle.id
+    infos = client.infos(job_id)
+    first = infos[0]
+    if args.json and not (args.wait or args.follow):
+        print_json({"id": job_id, "name": first.name, "cluster": first.cluster, "backend": first.backend,
+                    "native_id": first.native_id, "state": _combined(infos).state.value,
+                    "array_tasks": len(infos) if first.array_task is not None else None})
+        return 0
+    if not args.json:
+        native = f" (native id {first.native_id})" if first.native_id and first.native_id != job_id else ""
+        print(f"submitted job {job_id} '{first.name}' to cluster {first.cluster}{native}", file=sys.stderr)
+        if not (args.wait or args.follow):
+            print(job_id)
+    if args.follow:
+        _follow(client, job_id, None)
+    final = client.wait_for([(job_id, None)], None)
+    if args.json:
+        print_json([i.to_json() for i in final])
+    else:
+        f = _combined(final)
+        print(f"job {job_id} {f.state.value}" + ("" if f.exit_code is None else f" (exit code {f.exit_code})"),
+              file=sys.stderr)
+    return job_exit_code(final)
+
+
+def job_exit_code(infos: list[JobInfo]) -> int:
+    """The job's own exit code: 0 when all tasks completed, else the first non-zero code (1 without one)."""
+    from suanli.jobs.state import JobState
+
+    if all(i.state is JobState.COMPLETED for i in infos):
+        return 0
+    for i in infos:
+        if i.state is not JobState.COMPLETED and i.exit_code:
+            return i.exit_code
+    return 1
+
+
+def _combined(infos: list[JobInfo]) -> JobInfo:
+    from suanli.jobs.handle import combine_infos
+
+    return infos[0] if len(infos) == 1 else combine_infos(infos)
+
+
+# ---------------------------------------------------------------- status
+def _since(text: str) -> float:
+    from suanli.jobs.resources import parse_time
+
+    try:
+        return datetime.fromisoformat(text).timestamp()
+    except ValueError:
+        pass
+    try:
+        delta = parse_time(text, "--since")
+    except UsageError:
+        raise UsageError(f"--since: {text!r} is neither an ISO date/time (2026-11-27, 2026-11-27T09:00) "
+                         "nor a duration ago (2h, 1d)") from None
+    assert delta is not None
+    return time.time() - delta.total_seconds()
+
+
+def _resolve(client: Client, ids: list[str]) -> list[tuple[JobRow, int | None]]:
+    return [client.store.resolve(i) for i in ids]
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from suanli.compute.store import Store
+    from suanli.jobs.state import JobState
+
+    store = Store()
+    wanted_tasks: dict[str, set[int | None]] | None = None
+    if args.jobs:
+        resolved = [store.resolve(i) for i in args.jobs]
+        rows = list({r.id: r for r, _ in resolved}.values())
+        wanted_tasks = {}
+        for r, t in resolved:
+            wanted_tasks.setdefault(r.id, set()).add(t)
+    else:
+        since = _since(args.since) if args.since else None
+        day_ago = None if (args.all or since is not None) else time.time() - 86400
+        rows = store.query(cluster=args.cluster, since=since, open_or_since=day_ago)
+    states: set[str] | None = None
+    if args.state:
+        states = {s.strip().upper() for s in args.state.split(",") if s.strip()}
+        unknown = states - {s.value for s in JobState}
+        if unknown:
+            raise UsageError(f"--state: unknown state(s) {', '.join(sorted(unknown))}; valid states: "
+                             f"{', '.join(s.value for s in JobState)}")
+    if all(r.done for r in rows):
+        infos = store.infos(rows)  # every state is final: no backend to ask, no need to load the rest
+    else:
+        from suanli.api import Client
+
+        infos = Client(getattr(args, "config", None), store).list_infos(rows)
+    if wanted_tasks is not None:
+        infos = [i for i in infos if None in wanted_tasks[i.id] or i.array_task in wanted_tasks[i.id]]
+    if states is not None:
+        infos = [i for i in infos if i.state.value in states]
+    if args.json:
+        print_json([i.to_json() for i in infos])
+        return 0
+    sys.stdout.write(_status_table(infos, per_task=bool(args.jobs)))
+    return 0
+
+
+def _status_table(infos: list[JobInfo], per_task: bool) -> str:
+    headers = ("ID", "NAME", "CLUSTER", "PARTITION", "STATE", "REASON", "TASKS", "RESTARTS", "SUBMITTED",
+               "ELAPSED", "EXIT")
+    rows: list[list[object]] = []
+    groups: dict[str, list[JobInfo]] = {}
+    for i in infos:
+        groups.setdefault(i.id, []).append(i)
+    for group in groups.values():
+        entries = group if per_task and len(group) > 1 else [_combined(group)]
+        for e in entries:
+            tasks = ""
+            if group[0].array_task is not None:
+                ended = sum(1 for g in group if g.state.is_terminal)
+                tasks = f"{ended}/{len(group)}" if e.array_task is None else str(e.array_task)
+            rows.append([e.task_id, short(e.name), e.cluster, e.partition, e.state.value, short(e.reason, 28), tasks,
+                         e.restarts or "", local_time(e.submitted_at), duration(e.elapsed),
+                         "" if e.exit_code is None else e.exit_code])
+    if not rows:
+        return "no jobs (suanli status --all lists every job in the registry)\n"
+    return table(headers, rows)
+
+
+# ---------------------------------------------------------------- logs
+def cmd_logs(args: argparse.Namespace) -> int:
+    client = _client(args)
+    row, task = client.store.resolve(args.job)
+    tasks = [t[0] for t in client.store.tasks([row.id])[row.id]]
+    is_array = tasks != [-1]
+    if is_array and task is None:
+        if args.follow:
+            raise UsageError(f"logs: job {row.id} is an array; follow one task, such as {row.id}_{tasks[0]}")
+        for t in tasks:
+            print(f"==> {row.id}_{t} <==", flush=True)
+            _print_logs(client, row.id, t, args.stream)
+        return 0
+    if args.follow:
+        _follow(client, row.id, task, args.stream)
+    else:
+        _print_logs(client, row.id, task, args.stream)
+    return 0
+
+
+def _print_logs(client: Client, job_id: str, task: int | None, stream: str) -> None:
+    if stream in ("both", "stdout"):
+        sys.stdout.write(client.read_log(job_id, task, "stdout"))
+        sys.stdout.flush()
+    if stream in ("both", "stderr"):
+        sys.stderr.write(client.read_log(job_id, task, "stderr"))
+        sys.stderr.flush()
+
+
+def _follow(client: Client, job_id: str, task: int | None, stream: str = "both") -> None:
+    from suanli.api import follow_files
+
+    out, err = client.log_paths(job_id, task)
+    paths = [p for p, s in ((out, "stdout"), (err, "stderr")) if stream in ("both", s)]
+    sinks = [sys.stdout if p == out else sys.stderr for p in paths]
+
+    def finished() -> bool:
+        infos = client.infos(job_id)
+        return all(i.state.is_terminal for i in infos if task is None or i.array_task == task)
+
+    for index, line in follow_files(paths, finished):
+        sinks[index].write(line)
+        sinks[index].flush()
+
+
+# ---------------------------------------------------------------- cancel / wait
+def cmd_cancel(args: argparse.Namespace) -> int:
+    client = _client(args)
+    targets = _resolve(client, args.jobs)
+    client.cancel_many(targets)
+    ids = [r.id if t is None else f"{r.id}_{t}" for r, t in targets]
+    if args.json:
+        print_json([{"id": i, "cancel_requested": True} for i in ids])
+    else:
+        for i in ids:
+            print(f"cancel requested for job {i}", file=sys.stderr)
+    return 0
+
+
+def cmd_wait(args: argparse.Namespace) -> int:
+    client = _client(args)
+    targets = _resolve(client, args.jobs)
+    keys = [(r.id, t) for r, t in targets]
+    timed_out = False
+    try:
+        infos = client.wait_for(keys, args.timeout)
+    except TimeoutError:
+        timed_out = True
+        rows = list({r.id: r for r, _ in targets}.values())
+        wanted = set(keys)
+        infos = [i for i in client.list_infos(rows) if (i.id, None) in wanted or (i.id, i.array_task) in wanted]
+    from suanli.jobs.state import JobState
+
+    if args.json:
+        print_json([i.to_json() for i in infos])
+    else:
+        sys.stdout.write(_status_table(infos, per_task=False))
+        if timed_out:
+            print(f"suanli: still running after {args.timeout} s", file=sys.stderr)
+    ok = not timed_out and all(i.state is JobState.COMPLETED for i in infos)
+    return 0 if ok else 1
+
+
+# ---------------------------------------------------------------- clusters
+def cmd_clusters(args: argparse.Namespace) -> int:
+    client = _client(args)
+    clusters = client.configs.clusters
+    if args.json:
+        print_json([c.to_json() for c in clusters.values()])
+        return 0
+    rows: list[list[object]] = []
+    default = client.configs.settings.default_cluster
+    for c in clusters.values():
+        dflt = c.default_partition or c.partitions[0].name
+        for p in c.partitions:
+            acc = f"{p.accelerators_per_node} {p.accelerator_kind}" if p.accelerators_per_node else ""
+            mem = f"{p.memory_per_node_mb // 1024}G" if p.memory_per_node_mb else ""
+            rows.append([c.name + (" *" if c.name == default else ""), c.backend,
+                         p.name + (" *" if p.name == dflt else ""), p.adapter, p.nodes or "", p.cpus_per_node or "",
+                         acc, mem, duration(p.max_time.total_seconds()) if p.max_time else "", c.source])
+    sys.stdout.write(table(("CLUSTER", "BACKEND", "PARTITION", "ADAPTER", "NODES", "CPUS/NODE", "ACCEL/NODE",
+                            "MEM/NODE", "MAX TIME", "SOURCE"), rows))
+    return 0
+
+
+# ---------------------------------------------------------------- completion
+def cmd_completion(args: argparse.Namespace) -> int:
+    from suanli.cli.main import build_parser
+
+    parser = build_parser()
+    verbs: dict[str, list[str]] = {}
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                verbs[name] = sorted(o for a in sub._actions for o in a.option_strings if o.startswith("--"))
+    cases = "\n".join(f'        {v}) opts="{" ".join(o)}" ;;' for v, o in verbs.items())
+    bash = f"""# suanli {args.shell} completion: eval "$(suanli completion {args.shell})"
+_suanli() {{
+    local cur verb opts
+    cur="${{COMP_WORDS[COMP_CWORD]}}"
+    verb="${{COMP_WORDS[1]}}"
+    if [ "$COMP_CWORD" -eq 1 ]; then
+        COMPREPLY=($(compgen -W "{" ".join(verbs)} --help --version --config --debug" -- "$cur"))
+        return
+    fi
+    case "$verb" in
+{cases}
+        *) opts="" ;;
+    esac
+    if [[ "$cur" == -* ]]; then
+        COMPREPLY=($(compgen -W "$opts" -- "$cur"))
+    else
+        COMPREPLY=($(compgen -f -- "$cur"))
+    fi
+}}
+"""
+    if args.shell == "zsh":
+        bash = "autoload -U +X bashcompinit && bashcompinit\n" + bash
+    sys.stdout.write(bash + "complete -F _suanli suanli\n")
+    return 0

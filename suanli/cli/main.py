@@ -1,0 +1,124 @@
+"""The ``suanli`` command. Parsing is kept import-light: verbs import the rest of suanli only when they run."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from suanli.errors import SuanliError
+
+VERBS = ("submit", "status", "logs", "cancel", "wait", "clusters", "completion")
+
+EXIT_CODES = """exit codes: 0 success; 1 a waited job did not complete; 2 usage or validation error (nothing
+reached a backend); 3 refused by a quota; 4 the backend refused or could not be reached"""
+
+
+def _common() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--config", metavar="PATH", default=argparse.SUPPRESS,
+                   help="cluster config file or folder, read before the default search path")
+    p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
+    return p
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = _common()
+    parser = argparse.ArgumentParser(
+        prog="suanli", parents=[common],
+        description="One job API for Slurm partitions, Ray clusters and this machine.",
+        epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version="suanli 0.1.0")
+    sub = parser.add_subparsers(dest="verb", metavar="VERB")
+
+    p = sub.add_parser("submit", parents=[common], help="submit a command or a JOB.yaml spec",
+                       description="Submit `-- CMD ARGS...` (run as an argv list, never through a shell) or a "
+                                   "job spec file JOB.yaml; flags override the file.")
+    p.add_argument("--cluster", "-c", help="cluster name (default: local)")
+    p.add_argument("--partition", "-p")
+    p.add_argument("--account", "-A")
+    p.add_argument("--qos")
+    p.add_argument("--constraint")
+    p.add_argument("--nodes", "-N", type=int)
+    p.add_argument("--ntasks-per-node", type=int, dest="tasks_per_node")
+    p.add_argument("--cpus-per-task", type=int)
+    p.add_argument("--mem", help="memory per node: 4G, 500M")
+    p.add_argument("--accelerators", metavar="KIND:N", help="accelerators per node: ascend:8, nvidia:2")
+    p.add_argument("--time", "-t", help="time limit: 90m, 2h, 1-00:00:00, HH:MM:SS")
+    p.add_argument("--array", metavar="SPEC", help="array tasks: 0-99, 0-99%%10, 1,3,5")
+    p.add_argument("--name", "-J")
+    p.add_argument("--env", "-e", action="append", default=[], metavar="K=V")
+    p.add_argument("--setup", action="append", default=[], metavar="LINE", help="shell line run before the job")
+    p.add_argument("--workdir", "-D")
+    p.add_argument("--after", action="append", default=[], metavar="JOB",
+                   help="start after JOB completed (afterany:JOB: after it ended in any way)")
+    p.add_argument("--requeue", type=int, metavar="N", help="restart a failed job up to N times")
+    p.add_argument("--dry-run", action="store_true", help="print what would be submitted; submit nothing")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--wait", action="store_true", help="wait for the job; exit with its exit code")
+    g.add_argument("--follow", action="store_true", help="stream its output until it ends; exit with its code")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD ARGS | JOB.yaml")
+
+    p = sub.add_parser("status", parents=[common], help="list jobs and their states")
+    p.add_argument("jobs", nargs="*", metavar="JOB")
+    p.add_argument("--cluster", "-c")
+    p.add_argument("--all", "-a", action="store_true", help="every job in the registry")
+    p.add_argument("--state", "-s", help="only these states (comma separated)")
+    p.add_argument("--since", help="submitted since: an ISO date/time or a duration ago (2h, 1d)")
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("logs", parents=[common], help="print a job's output")
+    p.add_argument("job", metavar="JOB", help="JOB, or JOB_7 for array task 7")
+    p.add_argument("--follow", "-f", action="store_true", help="keep printing until the job ends")
+    p.add_argument("--stream", choices=("both", "stdout", "stderr"), default="both")
+
+    p = sub.add_parser("cancel", parents=[common], help="cancel jobs")
+    p.add_argument("jobs", nargs="+", metavar="JOB")
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("wait", parents=[common], help="wait for jobs; exit 1 unless all completed")
+    p.add_argument("jobs", nargs="+", metavar="JOB")
+    p.add_argument("--timeout", type=float, metavar="S")
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("clusters", parents=[common], help="list configured clusters and partitions")
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("completion", parents=[common], help="print a shell completion script")
+    p.add_argument("shell", choices=("bash", "zsh"))
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    debug = getattr(args, "debug", False)
+    logging.basicConfig(format="suanli: warning: %(message)s", level=logging.DEBUG if debug else logging.WARNING)
+    if args.verb is None:
+        parser.print_help()
+        return 2
+    from suanli.cli import commands
+
+    handler = getattr(commands, "cmd_" + args.verb)
+    try:
+        code: int = handler(args)
+        return code
+    except SuanliError as exc:
+        if debug:
+            raise
+        print(f"suanli: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("suanli: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+    except Exception as exc:  # a bug: one line unless --debug
+        if debug:
+            raise
+        print(f"suanli: internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)",
+              file=sys.stderr)
+        return 1

@@ -1,0 +1,435 @@
+"""Cluster configuration: YAML files that describe clusters and partitions, validated with file:line errors."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, TypeVar
+
+from suanli.adapters import adapter_names, is_adapter
+from suanli.errors import ConfigError, UsageError
+from suanli.jobs.resources import parse_memory, parse_time
+from suanli.yamlsrc import Path_, Source, load_yaml
+
+log = logging.getLogger("suanli")
+
+BACKENDS = ("local", "slurm", "ray")
+MPI_LAUNCHERS = ("srun", "mpirun")
+LEDGER_ERROR_POLICIES = ("deny", "allow")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+CLUSTER_KEYS = (
+    "name", "backend", "description", "default_partition", "default_account", "setup", "partitions", "slurm", "ray",
+)
+PARTITION_KEYS = (
+    "name", "adapter", "nodes", "cpus_per_node", "accelerators_per_node", "memory_per_node", "numa_nodes",
+    "default_time", "max_time", "qos", "constraint", "mpi_launcher", "setup", "charge",
+)
+CHARGE_KEYS = ("cpu_hour", "accelerator_hour")
+BACKEND_SECTION_KEYS: dict[str, tuple[str, ...]] = {
+    "slurm": ("conf", "signal_seconds", "job_root", "max_array_size"),
+    "ray": ("address", "job_root"),
+}
+SETTINGS_KEYS = ("ledger", "on_ledger_error", "status_poll_max_s", "default_cluster")
+
+
+@dataclass(frozen=True)
+class Charge:
+    """Billing units per hour: per allocated CPU and per allocated accelerator."""
+
+    cpu_hour: float = 0.0
+    accelerator_hour: float = 0.0
+
+
+@dataclass(frozen=True)
+class PartitionConfig:
+    name: str
+    adapter: str = "cpu"
+    nodes: int | None = None
+    cpus_per_node: int | None = None
+    accelerators_per_node: int = 0
+    memory_per_node_mb: int | None = None
+    numa_nodes: int | None = None
+    default_time: timedelta | None = None
+    max_time: timedelta | None = None
+    qos: str | None = None
+    constraint: str | None = None
+    mpi_launcher: str | None = None
+    setup: tuple[str, ...] = ()
+    charge: Charge = field(default_factory=Charge)
+
+    @property
+    def accelerator_kind(self) -> str | None:
+        from suanli.adapters import get_adapter
+
+        return get_adapter(self.adapter).accelerator_kind
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "adapter": self.adapter,
+            "nodes": self.nodes,
+            "cpus_per_node": self.cpus_per_node,
+            "accelerators_per_node": self.accelerators_per_node,
+            "memory_per_node_mb": self.memory_per_node_mb,
+            "numa_nodes": self.numa_nodes,
+            "default_time_s": self.default_time.total_seconds() if self.default_time else None,
+            "max_time_s": self.max_time.total_seconds() if self.max_time else None,
+            "qos": self.qos,
+            "constraint": self.constraint,
+            "mpi_launcher": self.mpi_launcher,
+            "charge": {"cpu_hour": self.charge.cpu_hour, "accelerator_hour": self.charge.accelerator_hour},
+        }
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    name: str
+    backend: str
+    partitions: tuple[PartitionConfig, ...]
+    description: str = ""
+    default_partition: str | None = None
+    default_account: str | None = None
+    setup: tuple[str, ...] = ()
+    slurm: Mapping[str, Any] = field(default_factory=dict)
+    ray: Mapping[str, Any] = field(default_factory=dict)
+    source: str = "<built-in>"
+
+    def partition(self, name: str | None) -> PartitionConfig:
+        """The named partition, or the default one; an unknown name lists the valid ones."""
+        name = name or self.default_partition or self.partitions[0].name
+        for p in self.partitions:
+            if p.name == name:
+                return p
+        valid = ", ".join(p.name for p in self.partitions)
+        raise UsageError(f"partition: cluster {self.name!r} has no partition {name!r}; valid partitions: {valid}")
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "backend": self.backend,
+            "description": self.description,
+            "default_partition": self.default_partition or self.partitions[0].name,
+            "default_account": self.default_account,
+            "source": self.source,
+            "partitions": [p.to_json() for p in self.partitions],
+        }
+
+
+@dataclass(frozen=True)
+class Settings:
+    ledger: str | None = None
+    on_ledger_error: str = "deny"
+    status_poll_max_s: float = 30.0
+    default_cluster: str = "local"
+
+
+# ---------------------------------------------------------------- validation helpers
+T = TypeVar("T")
+
+
+def _get(src: Source, data: Mapping[str, Any], path: Path_, key: str, check: Callable[[Any, Path_], T],
+         default: T) -> T:
+    if key not in data or data[key] is None:
+        return default
+    return check(data[key], path + (key,))
+
+
+def _mapping(src: Source, value: Any, path: Path_, allowed: tuple[str, ...], what: str) -> Mapping[str, Any]:
+    result: Mapping[str, Any] = src.mapping(value, path, allowed)
+    return result
+
+
+def _str(src: Source) -> Callable[[Any, Path_], str]:
+    def check(v: Any, p: Path_) -> str:
+        if isinstance(v, bool) or not isinstance(v, str | int | float):
+            src.fail(p, f"{v!r} is not a string")
+        return str(v)
+
+    return check
+
+
+def _name(src: Source) -> Callable[[Any, Path_], str]:
+    def check(v: Any, p: Path_) -> str:
+        s = _str(src)(v, p)
+        if not _NAME.match(s):
+            src.fail(p, f"{s!r} is not a valid name (letters, digits, '.', '_', '-')")
+        return s
+
+    return check
+
+
+def _int(src: Source, minimum: int = 0) -> Callable[[Any, Path_], int]:
+    def check(v: Any, p: Path_) -> int:
+        if isinstance(v, bool) or not isinstance(v, int):
+            src.fail(p, f"{v!r} is not a whole number")
+        if v < minimum:
+            src.fail(p, f"{v} must be at least {minimum}")
+        return v
+
+    return check
+
+
+def _float(src: Source) -> Callable[[Any, Path_], float]:
+    def check(v: Any, p: Path_) -> float:
+        if isinstance(v, bool) or not isinstance(v, int | float):
+            src.fail(p, f"{v!r} is not a number")
+        if v < 0:
+            src.fail(p, f"{v} must not be negative")
+        return float(v)
+
+    return check
+
+
+def _choice(src: Source, allowed: tuple[str, ...]) -> Callable[[Any, Path_], str]:
+    def check(v: Any, p: Path_) -> str:
+        if v not in allowed:
+            src.fail(p, f"{v!r} is not allowed; use one of: {', '.join(allowed)}")
+        return str(v)
+
+    return check
+
+
+def _time(src: Source) -> Callable[[Any, Path_], timedelta | None]:
+    def check(v: Any, p: Path_) -> timedelta | None:
+        try:
+            return parse_time(src.text(p, v), field=str(p[-1]) if p else "time")
+        except UsageError as exc:
+            src.fail(p, str(exc).split(": ", 1)[-1])
+
+    return check
+
+
+def _memory(src: Source) -> Callable[[Any, Path_], int | None]:
+    def check(v: Any, p: Path_) -> int | None:
+        try:
+            return parse_memory(v)
+        except UsageError as exc:
+            src.fail(p, str(exc).split(": ", 1)[-1])
+
+    return check
+
+
+def _lines(src: Source) -> Callable[[Any, Path_], tuple[str, ...]]:
+    def check(v: Any, p: Path_) -> tuple[str, ...]:
+        if isinstance(v, str):
+            return (v,)
+        if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+            src.fail(p, "expected a list of shell lines")
+        return tuple(v)
+
+    return check
+
+
+# ---------------------------------------------------------------- parsing
+def parse_cluster(src: Source) -> ClusterConfig:
+    data = _mapping(src, src.data, (), CLUSTER_KEYS, "cluster")
+    for required in ("name", "backend"):
+        if required not in data:
+            src.fail((), f"missing required key {required!r}")
+    name = _name(src)(data["name"], ("name",))
+    backend = _str(src)(data["backend"], ("backend",))
+    if backend not in BACKENDS:
+        from suanli.compute.registry import backend_names
+
+        if backend not in backend_names():
+            src.fail(("backend",), f"{backend!r} is not a backend; use one of: {', '.join(backend_names())} "
+                     "(dask-jobqueue is an engine on a slurm cluster, not a backend)")
+    raw_parts = data.get("partitions")
+    if raw_parts is None:
+        src.fail((), "missing required key 'partitions' (a list with at least one partition)")
+    if not isinstance(raw_parts, list) or not raw_parts:
+        src.fail(("partitions",), "expected a list with at least one partition")
+    parts = tuple(_partition(src, p, ("partitions", i)) for i, p in enumerate(raw_parts))
+    seen: set[str] = set()
+    for i, p in enumerate(parts):
+        if p.name in seen:
+            src.fail(("partitions", i, "name"), f"partition {p.name!r} is defined twice")
+        seen.add(p.name)
+    default_partition = _get(src, data, (), "default_partition", _str(src), None)
+    if default_partition is not None and default_partition not in seen:
+        src.fail(("default_partition",), f"{default_partition!r} is not a partition of this cluster; "
+                 f"valid partitions: {', '.join(sorted(seen))}")
+    sections: dict[str, Mapping[str, Any]] = {}
+    for section, keys in BACKEND_SECTION_KEYS.items():
+        raw = data.get(section)
+        sections[section] = {} if raw is None else dict(_mapping(src, raw, (section,), keys, section))
+    if "signal_seconds" in sections["slurm"]:
+        _int(src, 1)(sections["slurm"]["signal_seconds"], ("slurm", "signal_seconds"))
+    if backend == "ray" and not sections["ray"].get("address"):
+        src.fail(("ray",), "a ray cluster needs ray.address (the dashboard URL, such as http://127.0.0.1:8265)")
+    return ClusterConfig(
+        name=name,
+        backend=backend,
+        partitions=parts,
+        description=_get(src, data, (), "description", _str(src), ""),
+        default_partition=default_partition,
+        default_account=_get(src, data, (), "default_account", _str(src), None),
+        setup=_get(src, data, (), "setup", _lines(src), ()),
+        slurm=sections["slurm"],
+        ray=sections["ray"],
+        source=src.file,
+    )
+
+
+def _partition(src: Source, raw: Any, path: Path_) -> PartitionConfig:
+    data = _mapping(src, raw, path, PARTITION_KEYS, "partition")
+    if "name" not in data:
+        src.fail(path, "missing required key 'name'")
+    adapter = _get(src, data, path, "adapter", _str(src), "cpu")
+    if not is_adapter(adapter):
+        src.fail(path + ("adapter",), f"unknown adapter {adapter!r}; valid adapters: {', '.join(adapter_names())}")
+    charge_raw = data.get("charge")
+    charge = Charge()
+    if charge_raw is not None:
+        c = _mapping(src, charge_raw, path + ("charge",), CHARGE_KEYS, "charge")
+        charge = Charge(
+            cpu_hour=_get(src, c, path + ("charge",), "cpu_hour", _float(src), 0.0),
+            accelerator_hour=_get(src, c, path + ("charge",), "accelerator_hour", _float(src), 0.0),
+        )
+    part = PartitionConfig(
+        name=_name(src)(data["name"], path + ("name",)),
+        adapter=adapter,
+        nodes=_get(src, data, path, "nodes", _int(src, 1), None),
+        cpus_per_node=_get(src, data, path, "cpus_per_node", _int(src, 1), None),
+        accelerators_per_node=_get(src, data, path, "accelerators_per_node", _int(src, 0), 0),
+        memory_per_node_mb=_get(src, data, path, "memory_per_node", _memory(src), None),
+        numa_nodes=_get(src, data, path, "numa_nodes", _int(src, 1), None),
+        default_time=_get(src, data, path, "default_time", _time(src), None),
+        max_time=_get(src, data, path, "max_time", _time(src), None),
+        qos=_get(src, data, path, "qos", _str(src), None),
+        constraint=_get(src, data, path, "constraint", _str(src), None),
+        mpi_launcher=_get(src, data, path, "mpi_launcher", _choice(src, MPI_LAUNCHERS), None),
+        setup=_get(src, data, path, "setup", _lines(src), ()),
+        charge=charge,
+    )
+    kind = part.accelerator_kind
+    if part.accelerators_per_node and kind is None:
+        src.fail(path + ("accelerators_per_node",),
+                 f"adapter {adapter!r} has no accelerators; use adapter ascend or nvidia, or remove this key")
+    if part.default_time and part.max_time and part.default_time > part.max_time:
+        src.fail(path + ("default_time",), "is longer than max_time")
+    return part
+
+
+def parse_settings(src: Source) -> Settings:
+    data = src.data or {}
+    data = _mapping(src, data, (), SETTINGS_KEYS, "settings")
+    return Settings(
+        ledger=_get(src, data, (), "ledger", _str(src), None),
+        on_ledger_error=_get(src, data, (), "on_ledger_error", _choice(src, LEDGER_ERROR_POLICIES), "deny"),
+        status_poll_max_s=_get(src, data, (), "status_poll_max_s", _float(src), 30.0),
+        default_cluster=_get(src, data, (), "default_cluster", _name(src), "local"),
+    )
+
+
+# ---------------------------------------------------------------- the built-in local cluster
+def local_cluster() -> ClusterConfig:
+    """This machine as one partition: its cores, memory and (where the driver shows them) NVIDIA GPUs."""
+    from suanli.adapters.nvidia import visible_gpus
+
+    gpus = visible_gpus()
+    mem_mb: int | None = None
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemTotal:"):
+                    mem_mb = int(line.split()[1]) // 1024
+                    break
+    except OSError:
+        pass
+    part = PartitionConfig(
+        name="local",
+        adapter="nvidia" if gpus else "cpu",
+        nodes=1,
+        cpus_per_node=os.cpu_count() or 1,
+        accelerators_per_node=gpus,
+        memory_per_node_mb=mem_mb,
+    )
+    return ClusterConfig(name="local", backend="local", partitions=(part,),
+                         description="this machine (embedded backend)")
+
+
+# ---------------------------------------------------------------- search path
+def search_path(explicit: str | None = None) -> list[Path]:
+    """Where configs are read from, highest priority first."""
+    out: list[Path] = []
+    if explicit:
+        out.append(Path(explicit))
+    env = os.environ.get("SUANLI_CONFIG")
+    if env:
+        out.extend(Path(p) for p in env.split(os.pathsep) if p)
+    out.append(Path("cluster_configs"))
+    out.append(Path(os.path.expanduser("~/.config/suanli/clusters")))
+    return out
+
+
+@dataclass
+class Configs:
+    clusters: dict[str, ClusterConfig]
+    settings: Settings
+
+    def cluster(self, name: str | None) -> ClusterConfig:
+        name = name or self.settings.default_cluster
+        if name not in self.clusters:
+            raise UsageError(f"cluster: unknown cluster {name!r}; valid clusters: {', '.join(sorted(self.clusters))}")
+        return self.clusters[name]
+
+
+def load_configs(explicit: str | None = None) -> Configs:
+    """Read every source; an earlier source wins a name clash (with a warning); ``local`` always exists."""
+    clusters: dict[str, ClusterConfig] = {}
+    settings_src: Source | None = None
+    for i, base in enumerate(search_path(explicit)):
+        if i == 0 and explicit and not base.exists():
+            raise ConfigError(f"{base}: --config path does not exist; give a YAML file or a folder of them")
+        if base.is_dir():
+            files = sorted(p for p in base.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file())
+        elif base.is_file():
+            files = [base]
+        else:
+            continue
+        for f in files:
+            src = load_yaml(str(f))
+            if f.stem == "settings":
+                if settings_src is None:
+                    settings_src = src
+                continue
+            if src.data is None:
+                continue
+            cfg = parse_cluster(src)
+            if cfg.name in clusters:
+                log.warning("cluster %r in %s is ignored: %s defines it first", cfg.name, f, clusters[cfg.name].source)
+                continue
+            clusters[cfg.name] = cfg
+    if "local" not in clusters:
+        clusters["local"] = local_cluster()
+    settings = parse_settings(settings_src) if settings_src else Settings()
+    settings = _settings_from_env(settings)
+    if settings.default_cluster not in clusters:
+        raise ConfigError(f"settings: default_cluster {settings.default_cluster!r} is not a known cluster; "
+                          f"valid clusters: {', '.join(sorted(clusters))}")
+    return Configs(clusters, settings)
+
+
+def _settings_from_env(s: Settings) -> Settings:
+    env = os.environ
+    ledger = env.get("SUANLI_LEDGER_URL") or s.ledger
+    policy = env.get("SUANLI_ON_LEDGER_ERROR") or s.on_ledger_error
+    if policy not in LEDGER_ERROR_POLICIES:
+        raise ConfigError(f"SUANLI_ON_LEDGER_ERROR: {policy!r} is not allowed; use one of: deny, allow")
+    poll = s.status_poll_max_s
+    if env.get("SUANLI_STATUS_POLL_MAX_S"):
+        try:
+            poll = float(env["SUANLI_STATUS_POLL_MAX_S"])
+        except ValueError:
+            raise ConfigError(
+                f"SUANLI_STATUS_POLL_MAX_S: {env['SUANLI_STATUS_POLL_MAX_S']!r} is not a number of seconds"
+            ) from None
+    default = env.get("SUANLI_CLUSTER") or s.default_cluster
+    return Settings(ledger=ledger, on_ledger_error=policy, status_poll_max_s=poll, default_cluster=default)

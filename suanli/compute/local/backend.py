@@ -1,0 +1,256 @@
+"""The embedded local backend: every job is a detached supervisor process on this machine."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from suanli.compute import script as sh
+from suanli.compute.base import Backend, JobRef, NativeStatus, Plan, Submission, TaskKey
+from suanli.compute.local import runner as rn
+from suanli.errors import BackendError, UsageError
+from suanli.jobs.spec import MPI, Command, Function, Map, Training
+from suanli.jobs.state import JobState, StateTable
+
+STATES = StateTable(
+    "local",
+    {s.value: s for s in (JobState.PENDING, JobState.RUNNING, JobState.COMPLETED, JobState.FAILED,
+                          JobState.CANCELLED, JobState.TIMEOUT)},
+)
+KILL_GRACE_S = 5.0
+
+
+class LocalBackend(Backend):
+    name = "local"
+    poll_initial_s = 0.005
+    poll_max_s = 0.5
+
+    # ------------------------------------------------------------ plan
+    def plan(self, sub: Submission) -> Plan:
+        spec = sub.spec
+        res = spec.resources
+        if res.nodes != 1:
+            raise UsageError(f"resources.nodes: the local backend runs on one node, not {res.nodes}; "
+                             "use a slurm or ray cluster for more")
+        job_dir = str(sub.job_dir)
+        env: dict[str, str] = {
+            "SUANLI_JOB_ID": sub.job_id,
+            "SUANLI_JOB_NAME": spec.display_name,
+            "SUANLI_CLUSTER": sub.cluster.name,
+            "SUANLI_BACKEND": "local",
+            "SUANLI_JOB_DIR": job_dir,
+            "SUANLI_ADAPTER": sub.adapter.name,
+            "SUANLI_NNODES": "1",
+        }
+        env.update(sub.adapter.environment(res))
+        env.update(spec.env)
+        files: dict[str, bytes] = {}
+        launch, requires = self._launch(sub, files)
+        setup = [*sub.cluster.setup, *sub.partition.setup, *spec.setup]
+        workdir = os.path.abspath(spec.workdir or os.getcwd())
+        text = sh.render(
+            sh.load_template("suanli.compute.local", "templates/job.sh.tmpl"),
+            {
+                "EXPORTS": sh.export_lines(env),
+                "SETUP": "\n".join(setup) if setup else ":",
+                "WORKDIR": sh.quote(workdir),
+                "LAUNCH": "exec " + sh.join_argv(launch),
+            },
+        )
+        tasks = sub.tasks
+        per_task_cpus = max(1, res.cpus_per_node)
+        cores = os.cpu_count() or 1
+        concurrency = max(1, cores // per_task_cpus)
+        if spec.array and spec.array.max_concurrent:
+            concurrency = min(concurrency, spec.array.max_concurrent)
+        limit = res.time_limit
+        launch_json = {
+            "script": "job.sh",
+            "tasks": [rn.task_key(t) for t in tasks],
+            "max_concurrent": concurrency,
+            "time_limit_s": None if limit is None else limit.total_seconds(),
+            "kill_grace_s": KILL_GRACE_S,
+            "max_restarts": spec.max_restarts,
+            "dependencies": [{"kind": d.kind, "job_id": d.job_id, "job_dir": d.job_dir} for d in sub.dependencies],
+            "env": {},
+        }
+        files["launch.json"] = json.dumps(launch_json, indent=1).encode()
+        return Plan(
+            job_id=sub.job_id,
+            cluster=sub.cluster.name,
+            backend=self.name,
+            job_dir=job_dir,
+            argv=[sys.executable, "-m", "suanli.compute.local.runner", job_dir],
+            script=text,
+            script_name="job.sh",
+            env=env,
+            files=files,
+            details={"tasks": len(tasks), "max_concurrent": concurrency, "requires": requires,
+                     "time_limit_s": launch_json["time_limit_s"]},
+        )
+
+    def _launch(self, sub: Submission, files: dict[str, bytes]) -> tuple[list[str | sh.EnvRef], list[str]]:
+        w = sub.spec.workload
+        res = sub.spec.resources
+        if isinstance(w, Command):
+            return list(w.argv), []
+        if isinstance(w, Function | Map):
+            import cloudpickle
+
+            payload: dict[str, Any] = (
+                {"kind": "function", "fn": w.fn, "args": w.args, "kwargs": dict(w.kwargs)}
+                if isinstance(w, Function) else {"kind": "map", "fn": w.fn, "items": list(w.items)}
+            )
+            try:
+                # The inner pickle may name modules by reference: the job gets the submitter's sys.path.
+                files["payload.pkl"] = cloudpickle.dumps(
+                    {"sys_path": [os.path.abspath(p) for p in sys.path], "data": cloudpickle.dumps(payload)}
+                )
+            except Exception as exc:
+                raise UsageError(f"function: cannot pickle {getattr(w.fn, '__name__', w.fn)!r} or its "
+                                 f"arguments: {exc}") from None
+            return [sys.executable, "-m", "suanli.runtime.function", str(sub.job_dir)], []
+        if isinstance(w, Training):
+            n = w.procs_per_node(res)
+            target = ["-m", w.module] if w.module else [w.script or ""]
+            return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1",
+                    f"--nproc-per-node={n}", *target, *w.args], ["torch"]
+        if isinstance(w, MPI):
+            n = w.total_ranks(res)
+            argv = ["mpirun", "-np", str(n)]
+            if os.geteuid() == 0:
+                argv.append("--allow-run-as-root")
+            if n > (os.cpu_count() or 1):
+                argv.append("--oversubscribe")
+            return [*argv, *w.argv], ["mpirun"]
+        raise UsageError(f"workload: the local backend cannot run {type(w).__name__}")
+
+    # ------------------------------------------------------------ submit
+    def submit(self, plan: Plan) -> str:
+        for need in plan.details.get("requires", []):
+            if need == "torch" and importlib.util.find_spec("torch") is None:
+                raise BackendError("training needs torch in this Python environment: pip install 'suanli[torch]'")
+            if need == "mpirun" and shutil.which("mpirun") is None:
+                raise BackendError("MPI jobs need mpirun on PATH: install Open MPI (apt-get install openmpi-bin)")
+        job_dir = Path(plan.job_dir)
+        try:
+            job_dir.mkdir(parents=True, exist_ok=False)
+            for name, data in plan.files.items():
+                (job_dir / name).write_bytes(data)
+            assert plan.script is not None
+            (job_dir / "job.sh").write_text(plan.script)
+            (job_dir / "job.sh").chmod(0o755)
+            launch = json.loads(plan.files["launch.json"])
+            rn.write_json(job_dir / rn.STATE_FILE, {
+                "tasks": {k: {"state": "PENDING", "restarts": 0} for k in launch["tasks"]},
+                "updated_at": time.time(),
+            })
+            with open(job_dir / "runner.log", "ab") as log:
+                subprocess.Popen(plan.argv, cwd=job_dir, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                 start_new_session=True, close_fds=True, env=_runner_env())
+        except OSError as exc:
+            shutil.rmtree(job_dir, ignore_errors=True)
+            raise BackendError(f"local backend: cannot start the job in {job_dir}: {exc}") from None
+        return plan.job_id
+
+    # ------------------------------------------------------------ status
+    def status_many(self, refs: Sequence[JobRef]) -> dict[TaskKey, NativeStatus]:
+        out: dict[TaskKey, NativeStatus] = {}
+        for ref in refs:
+            job_dir = Path(ref.job_dir)
+            st = rn.read_state(job_dir)
+            lost: str | None = None
+            if st is not None and any(t["state"] not in rn.TERMINAL for t in st["tasks"].values()):
+                running = rn.alive(job_dir)
+                if running is False:
+                    st = rn.read_state(job_dir)  # it may have written its last state just before exiting
+                    if st is not None and any(t["state"] not in rn.TERMINAL for t in st["tasks"].values()):
+                        lost = "RunnerLost"
+                elif running is None and _runner_failed_to_start(job_dir, st):
+                    lost = "RunnerFailed"
+            for task in ref.tasks:
+                t = (st or {}).get("tasks", {}).get(rn.task_key(task))
+                if t is None:
+                    out[(ref.job_id, task)] = NativeStatus(JobState.UNKNOWN, reason="no state file")
+                    continue
+                state = STATES(t["state"])
+                reason = t.get("reason")
+                ended = t.get("ended_at")
+                if lost and not state.is_terminal:
+                    state, reason, ended = JobState.FAILED, lost, time.time()
+                out[(ref.job_id, task)] = NativeStatus(
+                    state=state, reason=reason, exit_code=t.get("exit_code"), started_at=t.get("started_at"),
+                    ended_at=ended, restarts=int(t.get("restarts", 0)),
+                )
+        return out
+
+    # ------------------------------------------------------------ cancel
+    def cancel(self, refs: Sequence[JobRef]) -> None:
+        for ref in refs:
+            job_dir = Path(ref.job_dir)
+            whole = len(ref.tasks) == 0
+            markers = ["cancel"] if whole else [f"cancel-{rn.task_key(t)}" for t in ref.tasks]
+            for m in markers:
+                (job_dir / m).touch()
+            if rn.alive(job_dir):
+                pid = int((job_dir / rn.PID_FILE).read_text().split()[0])
+                try:
+                    os.kill(pid, signal.SIGUSR1)
+                except ProcessLookupError:
+                    pass
+                continue
+            self._cancel_orphans(job_dir, None if whole else {rn.task_key(t) for t in ref.tasks})
+
+    def _cancel_orphans(self, job_dir: Path, keys: set[str] | None) -> None:
+        """The runner is gone (or never started): stop what it left and record the cancellation."""
+        st = rn.read_state(job_dir)
+        if st is None:
+            return
+        now = time.time()
+        for key, t in st["tasks"].items():
+            if (keys is None or key in keys) and t["state"] not in rn.TERMINAL:
+                if t.get("pid"):
+                    try:
+                        os.killpg(int(t["pid"]), signal.SIGKILL)
+                    except (ProcessLookupError, PermissionError):
+                        pass
+                t.update(state="CANCELLED", ended_at=now)
+        if rn.alive(job_dir) is None:
+            # A runner that has not started yet would overwrite this; its cancel marker stops it instead.
+            return
+        rn.write_json(job_dir / rn.STATE_FILE, st)
+
+
+RUNNER_START_GRACE_S = 60.0
+
+
+def _runner_failed_to_start(job_dir: Path, st: dict[str, Any]) -> bool:
+    """No pid file yet: the runner crashed if it wrote to its log, or never started within the grace time."""
+    try:
+        if (job_dir / "runner.log").stat().st_size > 0:
+            return not (job_dir / rn.PID_FILE).exists()
+    except OSError:
+        return True
+    return time.time() - float(st.get("updated_at", time.time())) > RUNNER_START_GRACE_S
+
+
+def _runner_env() -> dict[str, str]:
+    """The submitter's environment, plus the folder suanli was imported from when it is not installed."""
+    import site
+
+    env = dict(os.environ)
+    root = str(Path(__file__).resolve().parents[3])
+    installed = {str(Path(p).resolve()) for p in site.getsitepackages() + [site.getusersitepackages()]}
+    if root not in installed:
+        parts = [root] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and p != root]
+        env["PYTHONPATH"] = os.pathsep.join(parts)
+    return env

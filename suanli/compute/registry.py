@@ -1,0 +1,49 @@
+"""Backends by name, imported only when used; third parties add theirs in the ``suanli.backends`` entry points."""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+from suanli.errors import BackendError, UsageError
+
+if TYPE_CHECKING:
+    from suanli.compute.base import Backend
+    from suanli.compute.config import ClusterConfig
+
+BUILTIN = {
+    "local": "suanli.compute.local:LocalBackend",
+}
+#: Backends whose module ships in a later release; named so configs that use them validate.
+PLANNED = ("slurm", "ray")
+ENTRY_POINT_GROUP = "suanli.backends"
+
+
+def _entry_points() -> dict[str, str]:
+    from importlib.metadata import entry_points
+
+    return {ep.name: ep.value for ep in entry_points(group=ENTRY_POINT_GROUP)}
+
+
+def backend_names() -> list[str]:
+    names = list(BUILTIN) + [p for p in PLANNED if p not in BUILTIN]
+    return names + sorted(set(_entry_points()) - set(names))
+
+
+def backend_class(name: str) -> type[Backend]:
+    from suanli.compute.base import Backend
+
+    target = BUILTIN.get(name) or _entry_points().get(name)
+    if target is None:
+        if name in PLANNED:
+            raise BackendError(f"backend {name!r} is not available in this version of suanli")
+        raise UsageError(f"backend: unknown backend {name!r}; valid backends: {', '.join(backend_names())}")
+    module, _, attr = target.partition(":")
+    cls = getattr(importlib.import_module(module), attr)
+    if not (isinstance(cls, type) and issubclass(cls, Backend)):
+        raise BackendError(f"backend {name!r}: {target} is not a suanli.compute.base.Backend")
+    return cls
+
+
+def get_backend(cluster: ClusterConfig) -> Backend:
+    return backend_class(cluster.backend)(cluster)

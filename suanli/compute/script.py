@@ -1,0 +1,48 @@
+"""Job scripts from template files with one quoting function, so no user value is ever run by a shell."""
+
+from __future__ import annotations
+
+import re
+import shlex
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from importlib import resources
+
+_PLACEHOLDER = re.compile(r"@@([A-Z_]+)@@")
+
+
+def quote(value: str) -> str:
+    """The one escaping function: a single shell word that expands to exactly ``value``."""
+    return shlex.quote(value)
+
+
+@dataclass(frozen=True)
+class EnvRef:
+    """An argv element that the script expands from a variable suanli itself sets (never a user value)."""
+
+    name: str
+
+    def __post_init__(self) -> None:
+        if not re.fullmatch(r"[A-Z_][A-Z0-9_]*", self.name):
+            raise ValueError(f"bad variable name {self.name!r}")
+
+
+def join_argv(argv: Iterable[str | EnvRef]) -> str:
+    return " ".join(f'"${{{a.name}}}"' if isinstance(a, EnvRef) else quote(a) for a in argv)
+
+
+def export_lines(env: Mapping[str, str]) -> str:
+    """``export K='v'`` lines; names were validated by the spec, values are quoted."""
+    return "\n".join(f"export {k}={quote(v)}" for k, v in env.items())
+
+
+def load_template(package: str, name: str) -> str:
+    return resources.files(package).joinpath(name).read_text(encoding="utf-8")
+
+
+def render(template: str, values: Mapping[str, str]) -> str:
+    """Fill ``@@NAME@@`` placeholders; every one must be given (values are already quoted by the caller)."""
+    missing = set(_PLACEHOLDER.findall(template)) - set(values)
+    if missing:
+        raise KeyError(f"template placeholders without a value: {', '.join(sorted(missing))}")
+    return _PLACEHOLDER.sub(lambda m: values[m.group(1)], template)

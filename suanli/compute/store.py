@@ -1,0 +1,307 @@
+"""The job registry: one SQLite file under $SUANLI_HOME that every process shares.
+
+Jobs outlive the process that submitted them, so everything a later ``suanli status`` or ``get_job`` needs
+is written here. WAL mode plus a busy timeout make concurrent writers wait instead of failing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from suanli.errors import SuanliError, UsageError
+from suanli.jobs.record import JobInfo
+from suanli.jobs.state import JobState
+
+SCHEMA_VERSION = 1
+_MIGRATIONS = {
+    1: """
+    CREATE TABLE jobs (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        cluster TEXT NOT NULL,
+        backend TEXT NOT NULL,
+        native_id TEXT,
+        kind TEXT NOT NULL,
+        partition TEXT,
+        account TEXT,
+        user TEXT,
+        submitted_at REAL NOT NULL,
+        job_dir TEXT NOT NULL,
+        meta TEXT NOT NULL DEFAULT '{}',
+        done INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX jobs_by_time ON jobs (submitted_at);
+    CREATE INDEX jobs_open ON jobs (done, cluster);
+    CREATE INDEX jobs_native ON jobs (native_id);
+    CREATE TABLE tasks (
+        job_id TEXT NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
+        task INTEGER NOT NULL,
+        state TEXT NOT NULL,
+        reason TEXT,
+        restarts INTEGER NOT NULL DEFAULT 0,
+        started_at REAL,
+        ended_at REAL,
+        exit_code INTEGER,
+        native_id TEXT,
+        PRIMARY KEY (job_id, task)
+    ) WITHOUT ROWID;
+    """,
+}
+NO_TASK = -1  # the task column of a job that is not an array
+
+
+def home() -> Path:
+    return Path(os.environ.get("SUANLI_HOME") or os.path.expanduser("~/.local/share/suanli"))
+
+
+@dataclass(frozen=True)
+class JobRow:
+    id: str
+    name: str
+    cluster: str
+    backend: str
+    native_id: str | None
+    kind: str
+    partition: str | None
+    account: str | None
+    user: str | None
+    submitted_at: float
+    job_dir: str
+    meta: dict[str, Any]
+    done: bool
+
+
+@dataclass(frozen=True)
+class TaskUpdate:
+    job_id: str
+    task: int | None
+    state: JobState
+    reason: str | None = None
+    restarts: int = 0
+    started_at: float | None = None
+    ended_at: float | None = None
+    exit_code: int | None = None
+    native_id: str | None = None
+
+
+_JOB_COLS = "id, name, cluster, backend, native_id, kind, partition, account, user, submitted_at, job_dir, meta, done"
+_TASK_COLS = "task, state, reason, restarts, started_at, ended_at, exit_code, native_id"
+
+
+class Store:
+    def __init__(self, root: Path | None = None) -> None:
+        self.root = root or home()
+        self.path = self.root / "registry.db"
+        self._conn: sqlite3.Connection | None = None
+
+    # ------------------------------------------------------------ connection
+    def _connect(self) -> sqlite3.Connection:
+        if self._conn is not None:
+            return self._conn
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA busy_timeout = 30000")
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version < SCHEMA_VERSION:
+                self._migrate(conn)
+            elif version > SCHEMA_VERSION:
+                raise SuanliError(f"{self.path}: written by a newer suanli (schema {version}); upgrade suanli")
+        except sqlite3.DatabaseError as exc:
+            raise SuanliError(f"{self.path}: cannot open the job registry: {exc}") from None
+        except OSError as exc:
+            raise SuanliError(f"{self.root}: cannot create SUANLI_HOME: {exc.strerror}") from None
+        self._conn = conn
+        return conn
+
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            for v in range(version + 1, SCHEMA_VERSION + 1):
+                for statement in _MIGRATIONS[v].split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        conn = self._connect()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    # ------------------------------------------------------------ writes
+    def insert(self, job: JobRow, tasks: Sequence[int | None], state: JobState, reason: str | None) -> None:
+        with self._write() as c:
+            c.execute(
+                f"INSERT INTO jobs ({_JOB_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (job.id, job.name, job.cluster, job.backend, job.native_id, job.kind, job.partition, job.account,
+                 job.user, job.submitted_at, job.job_dir, json.dumps(job.meta), int(job.done)),
+            )
+            c.executemany(
+                "INSERT INTO tasks (job_id, task, state, reason) VALUES (?,?,?,?)",
+                [(job.id, NO_TASK if t is None else t, state.value, reason) for t in tasks],
+            )
+
+    def set_native_id(self, job_id: str, native_id: str) -> None:
+        with self._write() as c:
+            c.execute("UPDATE jobs SET native_id = ? WHERE id = ?", (native_id, job_id))
+            c.execute("UPDATE tasks SET reason = NULL WHERE job_id = ? AND reason = 'Submitting'", (job_id,))
+
+    def delete(self, job_id: str) -> None:
+        with self._write() as c:
+            c.execute("DELETE FROM tasks WHERE job_id = ?", (job_id,))
+            c.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
+
+    def update_tasks(self, updates: Iterable[TaskUpdate]) -> None:
+        """Apply fresh states in one transaction; a job whose tasks are all terminal is marked done."""
+        updates = list(updates)
+        if not updates:
+            return
+        with self._write() as c:
+            c.executemany(
+                "UPDATE tasks SET state = ?, reason = ?, restarts = ?, started_at = COALESCE(?, started_at), "
+                "ended_at = ?, exit_code = ?, native_id = COALESCE(?, native_id) WHERE job_id = ? AND task = ?",
+                [(u.state.value, u.reason, u.restarts, u.started_at, u.ended_at, u.exit_code, u.native_id,
+                  u.job_id, NO_TASK if u.task is None else u.task) for u in updates],
+            )
+            terminal = tuple(s.value for s in JobState if s.is_terminal)
+            marks = ",".join("?" * len(terminal))
+            job_ids = sorted({u.job_id for u in updates})
+            for jid in job_ids:
+                c.execute(
+                    f"UPDATE jobs SET done = 1 WHERE id = ? AND NOT EXISTS (SELECT 1 FROM tasks WHERE job_id = ? "
+                    f"AND state NOT IN ({marks}))",
+                    (jid, jid, *terminal),
+                )
+
+    # ------------------------------------------------------------ reads
+    def get(self, job_id: str) -> JobRow | None:
+        row = self._connect().execute(f"SELECT {_JOB_COLS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return _job(row) if row else None
+
+    def resolve(self, text: str) -> tuple[JobRow, int | None]:
+        """A job from ``ID``, ``ID_7`` (array task 7), a unique id prefix, or a native id."""
+        conn = self._connect()
+        ident, task = text, None
+        base, sep, tail = text.rpartition("_")
+        if sep and tail.isdigit():
+            ident, task = base, int(tail)
+        row = conn.execute(f"SELECT {_JOB_COLS} FROM jobs WHERE id = ?", (ident,)).fetchone()
+        if row is None:
+            rows = conn.execute(f"SELECT {_JOB_COLS} FROM jobs WHERE native_id = ?", (ident,)).fetchall()
+            if not rows and len(ident) >= 3:
+                rows = conn.execute(f"SELECT {_JOB_COLS} FROM jobs WHERE id LIKE ? || '%' ESCAPE '\\'",
+                                    (ident.replace("%", "\\%").replace("_", "\\_"),)).fetchall()
+            if len(rows) > 1:
+                raise UsageError(f"job: {text!r} matches {len(rows)} jobs ({', '.join(r[0] for r in rows[:5])}); "
+                                 "give the full id")
+            row = rows[0] if rows else None
+        if row is None:
+            raise UsageError(f"job: no job {text!r} in the registry {self.path}; `suanli status --all` lists them")
+        job = _job(row)
+        if task is not None:
+            hit = conn.execute("SELECT 1 FROM tasks WHERE job_id = ? AND task = ?", (job.id, task)).fetchone()
+            if hit is None:
+                raise UsageError(f"job: {job.id} has no array task {task}")
+        return job, task
+
+    def tasks(self, job_ids: Sequence[str]) -> dict[str, list[tuple[Any, ...]]]:
+        out: dict[str, list[tuple[Any, ...]]] = {j: [] for j in job_ids}
+        conn = self._connect()
+        for chunk_start in range(0, len(job_ids), 500):
+            chunk = job_ids[chunk_start:chunk_start + 500]
+            rows = conn.execute(
+                f"SELECT job_id, {_TASK_COLS} FROM tasks WHERE job_id IN ({','.join('?' * len(chunk))}) "
+                "ORDER BY job_id, task",
+                chunk,
+            ).fetchall()
+            for r in rows:
+                out[r[0]].append(r[1:])
+        return out
+
+    def query(self, *, ids: Sequence[str] | None = None, cluster: str | None = None, since: float | None = None,
+              open_or_since: float | None = None, only_open: bool = False) -> list[JobRow]:
+        """Jobs by filter, oldest first. ``open_or_since``: unfinished ones plus those submitted after it."""
+        where: list[str] = []
+        args: list[Any] = []
+        if ids is not None:
+            if not ids:
+                return []
+            where.append(f"id IN ({','.join('?' * len(ids))})")
+            args += list(ids)
+        if cluster:
+            where.append("cluster = ?")
+            args.append(cluster)
+        if since is not None:
+            where.append("submitted_at >= ?")
+            args.append(since)
+        if only_open:
+            where.append("done = 0")
+        if open_or_since is not None:
+            where.append("(done = 0 OR submitted_at >= ? OR id IN (SELECT job_id FROM tasks WHERE ended_at >= ?))")
+            args += [open_or_since, open_or_since]
+        sql = f"SELECT {_JOB_COLS} FROM jobs"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY submitted_at, id"
+        return [_job(r) for r in self._connect().execute(sql, args).fetchall()]
+
+    def infos(self, jobs: Sequence[JobRow]) -> list[JobInfo]:
+        """One JobInfo per task, jobs in the given order, tasks in index order."""
+        by_job = self.tasks([j.id for j in jobs])
+        out: list[JobInfo] = []
+        for j in jobs:
+            for t in by_job.get(j.id, []):
+                out.append(_info(j, t))
+        return out
+
+
+def _job(row: tuple[Any, ...]) -> JobRow:
+    return JobRow(
+        id=row[0], name=row[1], cluster=row[2], backend=row[3], native_id=row[4], kind=row[5], partition=row[6],
+        account=row[7], user=row[8], submitted_at=row[9], job_dir=row[10], meta=json.loads(row[11]),
+        done=bool(row[12]),
+    )
+
+
+def _info(j: JobRow, t: tuple[Any, ...]) -> JobInfo:
+    task, state, reason, restarts, started, ended, code, native = t
+    try:
+        st = JobState(state)
+    except ValueError:
+        st = JobState.UNKNOWN
+    return JobInfo(
+        id=j.id, name=j.name, cluster=j.cluster, backend=j.backend,
+        native_id=native or j.native_id,
+        array_task=None if task == NO_TASK else task, state=st, reason=reason, restarts=restarts,
+        partition=j.partition, account=j.account, user=j.user, submitted_at=j.submitted_at,
+        started_at=started, ended_at=ended, exit_code=code,
+    )
+
+
+def now() -> float:
+    return time.time()
