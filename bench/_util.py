@@ -8,14 +8,20 @@ import time
 from collections.abc import Callable, Sequence
 
 
-def median_s(fn: Callable[[], object], repeat: int, warmup: int = 2) -> float:
+def median_s(fn: Callable[[], object], repeat: int, warmup: int = 2,
+             after: Callable[[], object] | None = None) -> float:
+    """Median wall time of ``fn``; ``after`` runs untimed after each call (to clean up what it made)."""
     for _ in range(warmup):
         fn()
+        if after:
+            after()
     samples = []
     for _ in range(repeat):
         t = time.perf_counter()
         fn()
         samples.append(time.perf_counter() - t)
+        if after:
+            after()
     return statistics.median(samples)
 
 

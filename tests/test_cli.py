@@ -61,6 +61,17 @@ def test_submit_wait_and_follow_return_the_jobs_exit_code(home: Path) -> None:
     assert r.returncode == 0
 
 
+def test_plain_submit_returns_at_once_with_the_id(home: Path) -> None:
+    t0 = time.monotonic()
+    r = run_cli("submit", "--", "sleep", "30")
+    assert r.returncode == 0 and time.monotonic() - t0 < 10
+    job_id = r.stdout.strip()
+    assert f"submitted job {job_id}" in r.stderr
+    rows = json.loads(run_cli("status", "--json", job_id).stdout)
+    assert rows[0]["state"] in ("PENDING", "RUNNING")
+    assert run_cli("cancel", job_id).returncode == 0
+
+
 def test_wait_timeout_exits_1_and_cancel_stops(home: Path) -> None:
     job = submit_json("--", "sleep", "60")
     r = run_cli("wait", "--timeout", "0.5", str(job["id"]))
@@ -183,9 +194,10 @@ def test_repository_cluster_configs_are_valid() -> None:
 
 def test_backend_not_yet_available_exits_4(home: Path, tmp_path: Path) -> None:
     cfg = tmp_path / "c.yaml"
-    cfg.write_text("name: hpc\nbackend: slurm\npartitions:\n  - name: kp\n")
-    r = run_cli("--config", str(cfg), "submit", "--cluster", "hpc", "--", "true")
-    assert r.returncode == 4 and "slurm" in r.stderr
+    cfg.write_text("name: ai\nbackend: ray\nray: {address: 'http://127.0.0.1:9'}\npartitions:\n  - name: cpu\n")
+    r = run_cli("--config", str(cfg), "submit", "--cluster", "ai", "--", "true")
+    assert r.returncode == 4 and "ray" in r.stderr
+    assert json.loads(run_cli("status", "--json", "--all").stdout) == []
 
 
 def test_completion_and_help(home: Path) -> None:

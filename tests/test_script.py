@@ -105,7 +105,7 @@ def test_render_missing_placeholder_raises_key_error() -> None:
 
 
 def test_render_extra_values_are_ignored_and_text_is_kept() -> None:
-    assert render("no placeholders @@lower@@ @ @@", {"X": "unused"}) == "no placeholders @@lower@@ @ @@"
+    assert render("no placeholders @ @@ a@@b", {"X": "unused"}) == "no placeholders @ @@ a@@b"
 
 
 def test_render_values_are_inserted_verbatim() -> None:
@@ -224,3 +224,9 @@ def test_any_text_survives_quoting(tmp_path: Path, values: list[str]) -> None:
     result = run_bash(script, tmp_path)
     assert result.returncode == 0, result.stderr
     assert nul_split(marker_free.read_bytes()) == [v.encode("utf-8") for v in values]
+
+
+def test_placeholders_with_digits_are_filled_and_malformed_ones_refused() -> None:
+    assert render("a @@FORWARD_USR2@@ b", {"FORWARD_USR2": "1"}) == "a 1 b"
+    with pytest.raises(KeyError):
+        render("a @@lower@@ b", {})

@@ -83,7 +83,9 @@ def cmd_submit(args: argparse.Namespace) -> int:
         return 0
     handle = client.submit_spec(spec)
     job_id = handle.id
-    infos = client.infos(job_id)
+    row = client.store.get(job_id)
+    assert row is not None
+    infos = client.list_infos([row], refresh=False)  # just submitted: no need to ask the scheduler yet
     first = infos[0]
     if args.json and not (args.wait or args.follow):
         print_json({"id": job_id, "name": first.name, "cluster": first.cluster, "backend": first.backend,
@@ -95,6 +97,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
         print(f"submitted job {job_id} '{first.name}' to cluster {first.cluster}{native}", file=sys.stderr)
         if not (args.wait or args.follow):
             print(job_id)
+            return 0
     if args.follow:
         _follow(client, job_id, None)
     final = client.wait_for([(job_id, None)], None)

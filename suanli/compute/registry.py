@@ -13,6 +13,7 @@ if TYPE_CHECKING:
 
 BUILTIN = {
     "local": "suanli.compute.local:LocalBackend",
+    "slurm": "suanli.compute.slurm:SlurmBackend",
 }
 #: Backends whose module ships in a later release; named so configs that use them validate.
 PLANNED = ("slurm", "ray")

@@ -8,7 +8,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from importlib import resources
 
-_PLACEHOLDER = re.compile(r"@@([A-Z_]+)@@")
+_PLACEHOLDER = re.compile(r"@@([A-Z][A-Z0-9_]*)@@")
 
 
 def quote(value: str) -> str:
@@ -45,4 +45,8 @@ def render(template: str, values: Mapping[str, str]) -> str:
     missing = set(_PLACEHOLDER.findall(template)) - set(values)
     if missing:
         raise KeyError(f"template placeholders without a value: {', '.join(sorted(missing))}")
-    return _PLACEHOLDER.sub(lambda m: values[m.group(1)], template)
+    out = _PLACEHOLDER.sub(lambda m: values[m.group(1)], template)
+    left = re.findall(r"@@\w+@@", template)
+    if any(not _PLACEHOLDER.fullmatch(p) for p in left):
+        raise KeyError(f"malformed template placeholders: {', '.join(sorted(set(left)))}")
+    return out

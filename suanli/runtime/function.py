@@ -3,15 +3,26 @@
 ``python -m suanli.runtime.function JOB_DIR``; the array task comes from ``SUANLI_ARRAY_TASK_ID``. The outcome
 file holds ``("ok", value)`` or ``("error", exception or None, formatted traceback, repr)``; the submitting side
 re-raises the exception with the remote traceback as its cause.
+
+Checkpointing (submitit's convention): when the scheduler warns of the time limit or preemption with SIGUSR2
+and the callable has a ``checkpoint(*args, **kwargs)`` method, its return value — ``(fn, args, kwargs)`` or
+None — becomes this task's payload and the job is requeued, so the next attempt resumes from it.
 """
 
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
 import sys
 import traceback
 from pathlib import Path
+from types import FrameType
 from typing import Any
+
+
+class _Checkpoint(BaseException):
+    """Raised inside the running function when SIGUSR2 arrives, so the call stops where it is."""
 
 
 def outcome_path(job_dir: Path, task: str | None) -> Path:
@@ -24,6 +35,44 @@ def _write(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
+def _load(job_dir: Path, task: str | None) -> tuple[Any, tuple[Any, ...], dict[str, Any]]:
+    import cloudpickle
+
+    override = job_dir / f"checkpoint-{task or 'main'}.pkl"
+    with open(override if override.exists() else job_dir / "payload.pkl", "rb") as fh:
+        outer: dict[str, Any] = cloudpickle.load(fh)
+    # Modules the submitter could import by path (its script folder, a test folder) become importable here.
+    sys.path.extend(p for p in outer["sys_path"] if p not in sys.path)
+    payload: dict[str, Any] = cloudpickle.loads(outer["data"])
+    if payload["kind"] == "map":
+        if task is None:
+            raise RuntimeError("a map payload needs SUANLI_ARRAY_TASK_ID")
+        return payload["fn"], (payload["items"][int(task)],), {}
+    return payload["fn"], tuple(payload["args"]), dict(payload["kwargs"])
+
+
+def _checkpoint(job_dir: Path, task: str | None, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
+    """Save the callable's checkpoint and requeue this job; False when it cannot be done."""
+    import cloudpickle
+
+    job = os.environ.get("SLURM_JOB_ID")
+    if not job or not callable(getattr(fn, "checkpoint", None)):
+        return False
+    state = fn.checkpoint(*args, **kwargs)
+    if state is None:
+        return False
+    new_fn, new_args, new_kwargs = state
+    inner = cloudpickle.dumps({"kind": "function", "fn": new_fn, "args": tuple(new_args), "kwargs": dict(new_kwargs)})
+    _write(job_dir / f"checkpoint-{task or 'main'}.pkl",
+           cloudpickle.dumps({"sys_path": list(sys.path), "data": inner}))
+    proc = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True)
+    if proc.returncode != 0:
+        sys.stderr.write(f"suanli: requeue after checkpoint failed: {proc.stderr.strip()}\n")
+        return False
+    sys.stderr.write(f"suanli: checkpointed and requeued job {job}\n")
+    return True
+
+
 def main(argv: list[str]) -> int:
     import cloudpickle
 
@@ -32,20 +81,26 @@ def main(argv: list[str]) -> int:
         return 2
     job_dir = Path(argv[1])
     task = os.environ.get("SUANLI_ARRAY_TASK_ID") or None
-    with open(job_dir / "payload.pkl", "rb") as fh:
-        outer: dict[str, Any] = cloudpickle.load(fh)
-    # Modules the submitter could import by path (its script folder, a test folder) become importable here.
-    sys.path.extend(p for p in outer["sys_path"] if p not in sys.path)
+    fn: Any = None
+    args: tuple[Any, ...] = ()
+    kwargs: dict[str, Any] = {}
+
+    def on_usr2(signum: int, frame: FrameType | None) -> None:
+        if callable(getattr(fn, "checkpoint", None)):
+            raise _Checkpoint()
+        sys.stderr.write("suanli: SIGUSR2 (time limit near); the function is not checkpointable\n")
+
+    signal.signal(signal.SIGUSR2, on_usr2)
     try:
-        payload: dict[str, Any] = cloudpickle.loads(outer["data"])
-        fn = payload["fn"]
-        if payload["kind"] == "map":
-            if task is None:
-                raise RuntimeError("a map payload needs SUANLI_ARRAY_TASK_ID")
-            value = fn(payload["items"][int(task)])
-        else:
-            value = fn(*payload["args"], **payload["kwargs"])
+        fn, args, kwargs = _load(job_dir, task)
+        value = fn(*args, **kwargs)
         data = cloudpickle.dumps(("ok", value))
+    except _Checkpoint:
+        if _checkpoint(job_dir, task, fn, args, kwargs):
+            return 0
+        tb = "the job was stopped before its time limit and could not checkpoint\n"
+        _write(outcome_path(job_dir, task), cloudpickle.dumps(("error", None, tb, "TimeoutError()")))
+        return 1
     except BaseException as exc:  # the job's own failure, reported to the submitter
         tb = traceback.format_exc()
         sys.stderr.write(tb)

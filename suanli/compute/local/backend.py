@@ -17,6 +17,7 @@ from typing import Any
 from suanli.compute import script as sh
 from suanli.compute.base import Backend, JobRef, NativeStatus, Plan, Submission, TaskKey
 from suanli.compute.local import runner as rn
+from suanli.compute.payload import PAYLOAD, function_argv, function_payload, suanli_pythonpath
 from suanli.errors import BackendError, UsageError
 from suanli.jobs.spec import MPI, Command, Function, Map, Training
 from suanli.jobs.state import JobState, StateTable
@@ -104,21 +105,8 @@ class LocalBackend(Backend):
         if isinstance(w, Command):
             return list(w.argv), []
         if isinstance(w, Function | Map):
-            import cloudpickle
-
-            payload: dict[str, Any] = (
-                {"kind": "function", "fn": w.fn, "args": w.args, "kwargs": dict(w.kwargs)}
-                if isinstance(w, Function) else {"kind": "map", "fn": w.fn, "items": list(w.items)}
-            )
-            try:
-                # The inner pickle may name modules by reference: the job gets the submitter's sys.path.
-                files["payload.pkl"] = cloudpickle.dumps(
-                    {"sys_path": [os.path.abspath(p) for p in sys.path], "data": cloudpickle.dumps(payload)}
-                )
-            except Exception as exc:
-                raise UsageError(f"function: cannot pickle {getattr(w.fn, '__name__', w.fn)!r} or its "
-                                 f"arguments: {exc}") from None
-            return [sys.executable, "-m", "suanli.runtime.function", str(sub.job_dir)], []
+            files[PAYLOAD] = function_payload(w)
+            return list(function_argv(sub.job_dir)), []
         if isinstance(w, Training):
             n = w.procs_per_node(res)
             target = ["-m", w.module] if w.module else [w.script or ""]
@@ -245,12 +233,6 @@ def _runner_failed_to_start(job_dir: Path, st: dict[str, Any]) -> bool:
 
 def _runner_env() -> dict[str, str]:
     """The submitter's environment, plus the folder suanli was imported from when it is not installed."""
-    import site
-
     env = dict(os.environ)
-    root = str(Path(__file__).resolve().parents[3])
-    installed = {str(Path(p).resolve()) for p in site.getsitepackages() + [site.getusersitepackages()]}
-    if root not in installed:
-        parts = [root] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and p != root]
-        env["PYTHONPATH"] = os.pathsep.join(parts)
+    env.update(suanli_pythonpath(env))
     return env

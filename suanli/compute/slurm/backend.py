@@ -1,0 +1,251 @@
+"""The Slurm backend. It builds argv lists and scripts; the parsers live in ``parse.py``."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from suanli.compute import script as sh
+from suanli.compute.base import Backend, JobRef, NativeStatus, Plan, Submission, TaskKey
+from suanli.compute.config import ClusterConfig
+from suanli.compute.payload import PAYLOAD, function_argv, function_payload, suanli_pythonpath
+from suanli.compute.slurm import parse
+from suanli.errors import BackendError, UsageError
+from suanli.jobs.resources import format_slurm_time
+from suanli.jobs.spec import MPI, Command, Function, Map, Training
+
+#: Messages of a busy or restarting slurmctld: worth a bounded retry, unlike a refusal.
+TRANSIENT = ("Socket timed out", "Unable to contact slurm controller", "Connection refused", "Zero Bytes were",
+             "Resource temporarily unavailable", "slurm_receive_msg", "Transport endpoint")
+RETRY_DELAYS = (1.0, 2.0, 4.0)
+COMMAND_TIMEOUT_S = 60.0
+_NAME_OK = re.compile(r"[^A-Za-z0-9._+-]")
+
+
+def slurm_name(name: str) -> str:
+    """The scheduler-side job name: Slurm tools print names in tables and parsable output, so anything but
+    plain characters is replaced (the registry keeps the verbatim name)."""
+    return (_NAME_OK.sub("_", name) or "job")[:64]
+
+
+class TokenBucket:
+    """Lets bursts of submissions through at once and throttles only sustained floods, instead of sleeping on
+    every call; protects slurmctld's RPC rate limit."""
+
+    def __init__(self, capacity: float = 20.0, rate: float = 10.0) -> None:
+        self.capacity, self.rate = capacity, rate
+        self.tokens = capacity
+        self.stamp = time.monotonic()
+        self.lock = threading.Lock()
+
+    def take(self) -> None:
+        with self.lock:
+            now = time.monotonic()
+            self.tokens = min(self.capacity, self.tokens + (now - self.stamp) * self.rate)
+            self.stamp = now
+            if self.tokens < 1:
+                time.sleep((1 - self.tokens) / self.rate)
+                self.tokens = 1
+            self.tokens -= 1
+
+
+_BUCKET = TokenBucket()
+
+
+class SlurmBackend(Backend):
+    name = "slurm"
+    poll_initial_s = 0.5
+    poll_max_s = 30.0
+
+    def __init__(self, cluster: ClusterConfig) -> None:
+        super().__init__(cluster)
+        self.env = dict(os.environ)
+        conf = cluster.slurm.get("conf")
+        if conf:
+            self.env["SLURM_CONF"] = str(conf)
+        self.signal_s = int(cluster.slurm.get("signal_seconds", 90))
+
+    # ------------------------------------------------------------ running Slurm commands
+    def run(self, argv: list[str], what: str, input_text: str | None = None) -> subprocess.CompletedProcess[str]:
+        """Run a Slurm client command; retry only transient controller errors, within a bounded time."""
+        delays = list(RETRY_DELAYS)
+        while True:
+            try:
+                proc = subprocess.run(argv, capture_output=True, text=True, env=self.env, timeout=COMMAND_TIMEOUT_S,
+                                      input=input_text)
+            except FileNotFoundError:
+                raise BackendError(f"{what}: {argv[0]} not found; install the Slurm client tools "
+                                   "(apt-get install slurm-client) or use another cluster") from None
+            except subprocess.TimeoutExpired:
+                proc = subprocess.CompletedProcess(argv, 124, "", f"timed out after {COMMAND_TIMEOUT_S} s")
+            if proc.returncode == 0:
+                return proc
+            message = (proc.stderr or proc.stdout).strip()
+            if delays and (proc.returncode == 124 or any(t in message for t in TRANSIENT)):
+                time.sleep(delays.pop(0))
+                continue
+            first = " ".join(message.splitlines()[:3]) or f"exit code {proc.returncode}"
+            raise BackendError(f"{what}: {first}")
+
+    # ------------------------------------------------------------ plan
+    def plan(self, sub: Submission) -> Plan:
+        spec = sub.spec
+        res = spec.resources
+        job_dir = str(sub.job_dir)
+        w = spec.workload
+        files: dict[str, bytes] = {}
+        tasks_per_node = res.tasks_per_node
+        launch: list[str]
+        forward_usr2 = "0"
+        if isinstance(w, Command):
+            launch = ["srun", "--kill-on-bad-exit=1", *w.argv] if res.total_tasks > 1 else list(w.argv)
+        elif isinstance(w, Function | Map):
+            files[PAYLOAD] = function_payload(w)
+            launch = function_argv(job_dir)
+            forward_usr2 = "1"
+        elif isinstance(w, Training):
+            tasks_per_node = w.procs_per_node(res)
+            target = ["-m", w.module] if w.module else [w.script or ""]
+            launch = ["srun", "--kill-on-bad-exit=1", f"--ntasks-per-node={tasks_per_node}", sys.executable, "-m",
+                      "suanli.runtime.launch", *target, *w.args]
+        elif isinstance(w, MPI):
+            ranks = w.total_ranks(res)
+            tasks_per_node = w.ranks_per_node or max(1, -(-ranks // res.nodes))
+            if (sub.partition.mpi_launcher or "srun") == "mpirun":
+                launch = ["mpirun", "-np", str(ranks)]
+                if os.geteuid() == 0:
+                    launch.append("--allow-run-as-root")
+                launch += ["--oversubscribe", *w.argv]
+            else:
+                launch = ["srun", "--mpi=pmix", f"--ntasks={ranks}", *w.argv]
+        else:
+            raise UsageError(f"workload: the slurm backend cannot run {type(w).__name__}")
+
+        env: dict[str, str] = {
+            "SUANLI_JOB_ID": sub.job_id,
+            "SUANLI_JOB_NAME": spec.display_name,
+            "SUANLI_CLUSTER": sub.cluster.name,
+            "SUANLI_BACKEND": "slurm",
+            "SUANLI_JOB_DIR": job_dir,
+            "SUANLI_ADAPTER": sub.adapter.name,
+        }
+        env.update(suanli_pythonpath(self.env))
+        env.update(sub.adapter.environment(res))
+        env.update(spec.env)
+        setup = [*sub.cluster.setup, *sub.partition.setup, *spec.setup]
+        text = sh.render(
+            sh.load_template("suanli.compute.slurm", "templates/batch.sh.tmpl"),
+            {
+                "EXPORTS": sh.export_lines(env),
+                "SETUP": "\n".join(setup) if setup else ":",
+                "WORKDIR": sh.quote(os.path.abspath(spec.workdir or os.getcwd())),
+                "LAUNCH": sh.join_argv(launch),
+                "MAX_RESTARTS": str(spec.max_restarts),
+                "FORWARD_USR2": forward_usr2,
+            },
+        )
+        argv = ["sbatch", "--parsable", f"--job-name={slurm_name(spec.display_name)}",
+                f"--partition={sub.partition.name}", f"--nodes={res.nodes}", f"--ntasks-per-node={tasks_per_node}",
+                f"--cpus-per-task={res.cpus_per_task}"]
+        if spec.account:
+            argv.append(f"--account={spec.account}")
+        if spec.qos:
+            argv.append(f"--qos={spec.qos}")
+        if spec.constraint:
+            argv.append(f"--constraint={spec.constraint}")
+        if res.memory_mb:
+            argv.append(f"--mem={res.memory_mb}M")
+        if res.time_limit is not None:
+            argv.append(f"--time={format_slurm_time(res.time_limit)}")
+            if res.time_limit.total_seconds() > 2 * self.signal_s:
+                argv.append(f"--signal=B:USR2@{self.signal_s}")
+        if res.accelerators_per_node:
+            gres = sub.adapter.gres_name or "gpu"
+            argv.append(f"--gres={gres}:{res.accelerators_per_node}")
+        stem = "job"
+        if spec.array is not None:
+            argv.append(f"--array={spec.array.compact()}")
+            stem = "task-%a"
+        if sub.dependencies:
+            groups: dict[str, list[str]] = {}
+            for d in sub.dependencies:
+                if not d.native_id:
+                    raise UsageError(f"dependency: job {d.job_id} has no Slurm job id yet")
+                groups.setdefault(d.kind, []).append(d.native_id)
+            argv += [f"--dependency={','.join(k + ':' + ':'.join(v) for k, v in groups.items())}",
+                     "--kill-on-invalid-dep=yes"]
+        argv += ["--requeue" if spec.max_restarts or isinstance(w, Function | Map) else "--no-requeue",
+                 "--open-mode=append",
+                 f"--output={job_dir}/{stem}.out", f"--error={job_dir}/{stem}.err", f"{job_dir}/job.sh"]
+        return Plan(job_id=sub.job_id, cluster=sub.cluster.name, backend=self.name, job_dir=job_dir, argv=argv,
+                    script=text, script_name="job.sh", env=env, files=files,
+                    details={"tasks": spec.task_count, "slurm_name": slurm_name(spec.display_name)})
+
+    # ------------------------------------------------------------ submit
+    def submit(self, plan: Plan) -> str:
+        job_dir = Path(plan.job_dir)
+        try:
+            job_dir.mkdir(parents=True, exist_ok=False)
+            for name, data in plan.files.items():
+                (job_dir / name).write_bytes(data)
+            assert plan.script is not None
+            (job_dir / "job.sh").write_text(plan.script)
+        except OSError as exc:
+            shutil.rmtree(job_dir, ignore_errors=True)
+            raise BackendError(f"slurm: cannot write the job folder {job_dir}: {exc.strerror}") from None
+        _BUCKET.take()
+        try:
+            proc = self.run(plan.argv, "sbatch refused the job")
+            return parse.parse_sbatch(proc.stdout)
+        except (BackendError, ValueError) as exc:
+            shutil.rmtree(job_dir, ignore_errors=True)
+            if isinstance(exc, ValueError):
+                raise BackendError(f"sbatch: {exc}") from None
+            raise
+
+    # ------------------------------------------------------------ status
+    def status_many(self, refs: Sequence[JobRef]) -> dict[TaskKey, NativeStatus]:
+        by_native = {r.native_id: r for r in refs if r.native_id}
+        if not by_native:
+            return {}
+        ids = ",".join(sorted(by_native))
+        argv = ["sacct", "--parsable2", "--noheader", "-X", "-D", "-j", ids, "-o", ",".join(parse.SACCT_FIELDS)]
+        try:
+            states = parse.parse_sacct(self.run(argv, "sacct").stdout)
+        except BackendError as exc:
+            if "accounting storage is disabled" not in str(exc).lower() and "slurmdbd" not in str(exc).lower():
+                raise
+            proc = self.run(["squeue", "-h", "-a", "--states=all", "-o", parse.SQUEUE_FORMAT], "squeue")
+            states = parse.parse_squeue(proc.stdout)
+        out: dict[TaskKey, NativeStatus] = {}
+        for ts in states:
+            ref = by_native.get(ts.job)
+            if ref is None:
+                continue
+            if ts.task not in ref.tasks and not (ts.task is None and None in ref.tasks):
+                continue
+            out[(ref.job_id, ts.task)] = NativeStatus(
+                state=ts.state, reason=ts.reason, exit_code=ts.exit_code, started_at=ts.started_at,
+                ended_at=ts.ended_at, restarts=ts.restarts, native_id=ts.raw_id,
+            )
+        return out
+
+    # ------------------------------------------------------------ cancel
+    def cancel(self, refs: Sequence[JobRef]) -> None:
+        targets: list[str] = []
+        for r in refs:
+            if not r.native_id:
+                continue
+            if r.tasks:
+                targets += [r.native_id if t is None else f"{r.native_id}_{t}" for t in r.tasks]
+            else:
+                targets.append(r.native_id)
+        if targets:
+            self.run(["scancel", *targets], "scancel")

@@ -1,0 +1,184 @@
+"""Pure parsers of Slurm's outputs (sacct, squeue, sbatch), kept apart from the subprocess calls so they can
+be tested on captured real outputs."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+
+from suanli.jobs.state import JobState, StateTable
+
+STATES = StateTable(
+    "slurm",
+    {
+        "PENDING": JobState.PENDING,
+        "CONFIGURING": JobState.PENDING,
+        "RUNNING": JobState.RUNNING,
+        "RESIZING": JobState.RUNNING,
+        "SIGNALING": JobState.RUNNING,
+        "SUSPENDED": JobState.SUSPENDED,
+        "STOPPED": JobState.SUSPENDED,
+        "COMPLETING": JobState.COMPLETING,
+        "STAGE_OUT": JobState.COMPLETING,
+        "COMPLETED": JobState.COMPLETED,
+        "CANCELLED": JobState.CANCELLED,
+        "REVOKED": JobState.CANCELLED,
+        "FAILED": JobState.FAILED,
+        "BOOT_FAIL": JobState.FAILED,
+        "SPECIAL_EXIT": JobState.FAILED,
+        "TIMEOUT": JobState.TIMEOUT,
+        "DEADLINE": JobState.TIMEOUT,
+        "PREEMPTED": JobState.PREEMPTED,
+        "NODE_FAIL": JobState.NODE_FAIL,
+        "OUT_OF_MEMORY": JobState.OUT_OF_MEMORY,
+        "REQUEUED": JobState.REQUEUED,
+        "REQUEUE_HOLD": JobState.REQUEUED,
+        "REQUEUE_FED": JobState.REQUEUED,
+        "RESV_DEL_HOLD": JobState.PENDING,
+    },
+)
+
+SACCT_FIELDS = ("JobID", "JobIDRaw", "State", "ExitCode", "Start", "End", "Reason")
+SQUEUE_FORMAT = "%i|%T|%r"
+
+
+@dataclass(frozen=True)
+class TaskState:
+    """One (job, array task) as a Slurm command reported it."""
+
+    job: str  # the native id of the job (the array's id for array tasks)
+    task: int | None
+    raw_id: str | None
+    state: JobState
+    exit_code: int | None = None
+    started_at: float | None = None
+    ended_at: float | None = None
+    reason: str | None = None
+    restarts: int = 0
+
+
+def parse_sbatch(stdout: str) -> str:
+    """``sbatch --parsable`` prints ``JOBID`` or ``JOBID;CLUSTER``."""
+    first = stdout.strip().splitlines()[-1] if stdout.strip() else ""
+    job = first.split(";", 1)[0].strip()
+    if not job.isdigit():
+        raise ValueError(f"unexpected sbatch output {stdout.strip()!r}")
+    return job
+
+
+def parse_time(text: str) -> float | None:
+    """sacct's ``2026-11-27T10:00:00`` (local time); ``Unknown``/``None``/empty are no time."""
+    text = text.strip()
+    if not text or text in ("Unknown", "None", "N/A"):
+        return None
+    try:
+        return datetime.fromisoformat(text).timestamp()
+    except ValueError:
+        return None
+
+
+def parse_exit(text: str) -> int | None:
+    """``CODE:SIGNAL`` -> the shell's view: the code, or 128 + the signal."""
+    code, _, sig = text.strip().partition(":")
+    if not code.isdigit():
+        return None
+    if sig.isdigit() and int(sig):
+        return 128 + int(sig)
+    return int(code)
+
+
+_ID = re.compile(r"^(\d+)(?:_(\d+|\[[^\]]*\]))?(?:\+\d+)?$")
+
+
+def expand_brackets(spec: str) -> list[int]:
+    """``[5-7,9%2]`` -> [5, 6, 7, 9] (the ``%`` limit and ``:step`` are understood)."""
+    inner = spec.strip("[]").split("%", 1)[0]
+    out: list[int] = []
+    for part in inner.split(","):
+        if not part:
+            continue
+        rng, _, step = part.partition(":")
+        lo, _, hi = rng.partition("-")
+        if hi:
+            out.extend(range(int(lo), int(hi) + 1, int(step or 1)))
+        else:
+            out.append(int(lo))
+    return out
+
+
+def parse_sacct(text: str, fields: Iterable[str] = SACCT_FIELDS) -> list[TaskState]:
+    """``sacct --parsable2 --noheader -X -D -o <fields>`` into task states. With ``-D`` a requeued job has one
+    row per attempt: the last row is the current attempt and the count of earlier rows is its restarts.
+    Rows whose state the table does not know become UNKNOWN (with one warning) instead of failing."""
+    names = list(fields)
+    col = {n: i for i, n in enumerate(names)}
+    latest: dict[tuple[str, int | None], TaskState] = {}
+    pending: dict[tuple[str, int | None], TaskState] = {}
+    attempts: dict[tuple[str, int | None], int] = {}
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        parts = line.split("|")
+        if len(parts) < len(names):
+            continue
+        m = _ID.match(parts[col["JobID"]].strip())
+        if not m:
+            continue  # a step such as 123.batch (not asked for with -X) or a heterogeneous component
+        job, task_text = m.group(1), m.group(2)
+        state = STATES(parts[col["State"]])
+
+        def field(name: str, parts: list[str] = parts) -> str:
+            return parts[col[name]] if name in col else ""
+
+        reason_text = parts[col["Reason"]].strip() if "Reason" in col else ""
+        reason = None if reason_text in ("", "None") else reason_text
+        common = {
+            "state": state,
+            "exit_code": parse_exit(field("ExitCode")) if state.is_terminal else None,
+            "started_at": parse_time(field("Start")),
+            "ended_at": parse_time(field("End")) if state.is_terminal else None,
+            "reason": reason if not state.is_terminal or state is not JobState.COMPLETED else None,
+        }
+        raw = parts[col["JobIDRaw"]].strip() if "JobIDRaw" in col else None
+        if task_text and task_text.startswith("["):
+            # The database's pending range lags behind: a task with a row of its own is not pending.
+            for t in expand_brackets(task_text):
+                key: tuple[str, int | None] = (job, t)
+                pending.setdefault(key, TaskState(job, t, None, **common))  # type: ignore[arg-type]
+            continue
+        task = int(task_text) if task_text else None
+        key = (job, task)
+        attempts[key] = attempts.get(key, 0) + 1
+        latest[key] = TaskState(job, task, raw, **common)  # type: ignore[arg-type]
+    for key, ts in pending.items():
+        if key not in latest:
+            latest[key] = ts
+            attempts[key] = 1
+    out = []
+    for key, ts in latest.items():
+        restarts = attempts[key] - 1
+        out.append(TaskState(ts.job, ts.task, ts.raw_id, ts.state, ts.exit_code, ts.started_at, ts.ended_at,
+                             ts.reason, restarts))
+    return out
+
+
+def parse_squeue(text: str) -> list[TaskState]:
+    """``squeue -h -o '%i|%T|%r'``: what the controller still holds (no exit codes, no history)."""
+    out: list[TaskState] = []
+    for line in text.splitlines():
+        parts = line.strip().split("|")
+        if len(parts) < 3:
+            continue
+        m = _ID.match(parts[0])
+        if not m:
+            continue
+        job, task_text = m.group(1), m.group(2)
+        state = STATES(parts[1])
+        reason = None if parts[2] in ("None", "") else parts[2]
+        tasks = expand_brackets(task_text) if task_text and task_text.startswith("[") else \
+            [int(task_text) if task_text else None]
+        for t in tasks:
+            out.append(TaskState(job, t, None, state, reason=reason))
+    return out
