@@ -200,7 +200,7 @@ class Client(JobController):
             meta={"resources": s.resources.to_dict(), "array": s.array.compact() if s.array else None,
                   "dependencies": [f"{d.kind}:{d.job_id}" for d in sub.dependencies],
                   "max_restarts": s.max_restarts, "qos": s.qos, "constraint": s.constraint,
-                  "adapter": sub.adapter.name},
+                  "adapter": sub.adapter.name, "layout": plan.details.get("layout", {})},
             done=False,
         )
         self.store.insert(row, sub.tasks, JobState.PENDING, "Submitting")
@@ -250,7 +250,7 @@ class Client(JobController):
         for r in open_rows:
             live = tuple(None if t[0] == -1 else t[0] for t in tasks[r.id] if not JobState(t[1]).is_terminal)
             if live:
-                groups.setdefault((r.cluster, r.backend), []).append(JobRef(r.id, r.native_id, r.job_dir, live))
+                groups.setdefault((r.cluster, r.backend), []).append(self._ref(r, live))
         updates: list[TaskUpdate] = []
         for (cluster, backend_name), refs in groups.items():
             statuses = self.backend(cluster, backend_name).status_many(refs)
@@ -272,7 +272,7 @@ class Client(JobController):
         return row
 
     def _ref(self, row: JobRow, tasks: tuple[int | None, ...] = ()) -> JobRef:
-        return JobRef(row.id, row.native_id, row.job_dir, tasks)
+        return JobRef(row.id, row.native_id, row.job_dir, tasks, row.meta.get("layout") or {})
 
     # ------------------------------------------------------------ JobController
     def infos(self, job_id: str) -> list[JobInfo]:

@@ -53,6 +53,12 @@ def slurm(home: Path, slurm_conf: str, tmp_path: Path, monkeypatch: pytest.Monke
         "  - {name: ai, adapter: ascend, nodes: 1, cpus_per_node: 8, accelerators_per_node: 8, max_time: 2h,\n"
         "     charge: {accelerator_hour: 1.5}}\n"
     )
+    # A cluster whose MaxArraySize is taken to be 10, so arrays are split as on a site with a small limit.
+    (cfg / "testslurm-small.yaml").write_text(
+        f"name: testslurm-small\nbackend: slurm\ndefault_account: acct-a\n"
+        f"slurm: {{conf: {slurm_conf}, max_array_size: 10}}\n"
+        "partitions:\n  - {name: debug, nodes: 1, cpus_per_node: 8}\n"
+    )
     # The same Slurm partition, seen through a config that launches MPI with mpirun instead of srun.
     (cfg / "testslurm-mpirun.yaml").write_text(
         f"name: testslurm-mpirun\nbackend: slurm\ndefault_account: acct-a\nslurm: {{conf: {slurm_conf}}}\n"
@@ -67,7 +73,8 @@ def slurm(home: Path, slurm_conf: str, tmp_path: Path, monkeypatch: pytest.Monke
     yield c
     open_jobs = [r for r in c.store.query(only_open=True) if r.native_id]
     if open_jobs:
-        subprocess.run(["scancel", *[r.native_id for r in open_jobs if r.native_id]], capture_output=True)
+        ids = [n for r in open_jobs if r.native_id for n in r.native_id.split(",")]
+        subprocess.run(["scancel", *ids], capture_output=True)
     c.store.close()
 
 
@@ -76,18 +83,24 @@ def sq(x: int) -> int:
 
 
 def wait_releasing_requeued(job: Any, slurm_conf: str, timeout: float) -> JobState:
-    """Wait for a job, making each requeued attempt eligible at once: Slurm holds a requeued job back for
+    """Wait for a job, making each requeued attempt eligible after 5 s: Slurm holds a requeued job back for
     about two minutes (Reason=BeginTime), which only slows the test down."""
     env = dict(os.environ, SLURM_CONF=slurm_conf)
     deadline = time.time() + timeout
+    released: set[str] = set()
     while time.time() < deadline:
         state = job.status()
         if state.is_terminal:
             return state  # type: ignore[no-any-return]
         native = job.info().native_id
         shown = subprocess.run(["scontrol", "show", "job", native], capture_output=True, text=True, env=env).stdout
-        if "Reason=BeginTime" in shown:
-            subprocess.run(["scontrol", "update", f"jobid={native}", "StartTime=now"], capture_output=True, env=env)
+        restarts = shown.split("Restarts=", 1)[-1].split()[0] if "Restarts=" in shown else "?"
+        if "Reason=BeginTime" in shown and restarts not in released:
+            released.add(restarts)
+            # Not at once: slurmd must finish cleaning up the previous attempt of the same job id first,
+            # or it fails the new launch (seen as FAILED, exit 1, with nothing run).
+            subprocess.run(["scontrol", "update", f"jobid={native}", "StartTime=now+5"], capture_output=True,
+                           env=env)
         time.sleep(0.5)
     raise TimeoutError(f"job {job.id} still running after {timeout} s")
 
@@ -286,3 +299,55 @@ def test_checkpointable_function_requeues_on_usr2(slurm: Any, tmp_path: Path, sl
     assert wait_releasing_requeued(job, slurm_conf, 300) is JobState.COMPLETED, job.logs("stderr")
     assert job.result() == "resumed"
     assert job.info().restarts == 1
+
+
+def test_arrays_beyond_max_array_size_are_split_transparently(slurm: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from suanli.compute.slurm import backend as sb
+
+    calls: list[list[str]] = []
+    real_run = sb.SlurmBackend.run
+
+    def counting(self: Any, argv: list[str], what: str, input_text: str | None = None) -> Any:
+        calls.append(argv)
+        return real_run(self, argv, what, input_text)
+
+    monkeypatch.setattr(sb.SlurmBackend, "run", counting)
+    arr = slurm.map(sq, range(25), cluster="testslurm-small", time="5m")
+    assert sum(1 for c in calls if c[0] == "sbatch") == 3
+    assert len(arr.infos()[0].native_id.split(",")) == 3
+    assert arr.results(timeout=300) == [i * i for i in range(25)]
+    cmd = slurm.submit(["sh", "-c", 'echo "task $SUANLI_ARRAY_TASK_ID"'], cluster="testslurm-small",
+                       array="5-14,23", time="5m")
+    assert cmd.wait(timeout=300) is JobState.COMPLETED
+    assert cmd[10].logs() == "task 23\n" and cmd[0].logs() == "task 5\n" and cmd[5].logs() == "task 10\n"
+    dependent = slurm.submit(["true"], cluster="testslurm-small", after=arr.id, time="5m")
+    assert dependent.wait(timeout=120) is JobState.COMPLETED
+
+
+def test_ascend_job_gets_its_npus_as_ascend_rt_visible_devices(slurm: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ASCEND_RT_VISIBLE_DEVICES", "7")  # the submitter's value must not leak into the job
+    code = 'echo "$ASCEND_RT_VISIBLE_DEVICES"; sleep 3'
+    jobs = [slurm.submit(["sh", "-c", code], partition="ai", accelerators="ascend:3", time="5m") for _ in range(2)]
+    seen = []
+    for job in jobs:
+        assert job.wait(timeout=180) is JobState.COMPLETED, job.logs("stderr")
+        ids = job.logs().strip().split(",")
+        assert len(ids) == 3 and all(i.isdigit() and 0 <= int(i) < 8 for i in ids), ids
+        seen.append(set(ids))
+    assert not seen[0] & seen[1]  # two jobs at once got different NPUs
+    row = slurm.store.get(jobs[0].id)
+    assert "HCCL_CONNECT_TIMEOUT" in (Path(row.job_dir) / "job.sh").read_text()
+
+
+def test_runtime_environment_under_a_real_slurm_step(slurm: Any, tmp_path: Path) -> None:
+    prog = tmp_path / "env_probe.py"
+    prog.write_text(
+        "import json, os, sys\nfrom suanli.runtime import environment\ne = environment()\n"
+        "open(os.path.join(sys.argv[1], str(e.rank)), 'w').write(json.dumps([e.launcher, e.rank, e.world_size, "
+        "e.local_rank, e.job_id]))\n")
+    out = tmp_path / "out"
+    out.mkdir()
+    job = slurm.submit([sys.executable, str(prog), str(out)], tasks_per_node=2, time="5m")
+    assert job.wait(timeout=120) is JobState.COMPLETED, job.logs("stderr")
+    got = sorted(json.loads(p.read_text()) for p in out.iterdir())
+    assert got == [["slurm", 0, 2, 0, job.id], ["slurm", 1, 2, 1, job.id]]

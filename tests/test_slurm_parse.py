@@ -101,3 +101,13 @@ def test_squeue_rows() -> None:
 def test_slurm_name_is_plain() -> None:
     assert slurm_name("a b\n$(x)'") == "a_b___x__"
     assert slurm_name("") == "job" and len(slurm_name("x" * 200)) == 64
+
+
+def test_split_array_keeps_indices_below_the_limit() -> None:
+    from suanli.compute.slurm.backend import split_array
+    from suanli.jobs.spec import Array
+
+    assert split_array(Array(tuple(range(5))), 1001) == [(0, "0-4")]
+    assert split_array(Array(tuple(range(2500)), 50), 1000) == [(0, "0-999%50"), (1000, "0-999%50"),
+                                                                 (2000, "0-499%50")]
+    assert split_array(Array((3, 1500, 1501)), 1000) == [(0, "3"), (1000, "500-501")]

@@ -89,3 +89,23 @@ def test_example_mpi_simulation_conserves_heat(client: Any) -> None:
     line = [x for x in job.logs().splitlines() if x.startswith("mpi:")][0]
     total = float(line.rsplit("total_heat=", 1)[1])
     assert abs(total - 100.0 * 1000) < 1e-6  # 10% of 10,000 cells at 100 degrees
+
+
+ENV_PROBE = (
+    "import json, os, sys\nfrom suanli.runtime import environment\ne = environment()\n"
+    "open(os.path.join(sys.argv[1], str(e.rank)), 'w').write(json.dumps([e.launcher, e.rank, e.world_size, "
+    "e.local_rank, e.local_world_size]))\n"
+)
+
+
+@pytest.mark.slow
+def test_runtime_environment_under_real_mpirun(client: Any, tmp_path: Path) -> None:
+    prog = tmp_path / "env_probe.py"
+    prog.write_text(ENV_PROBE)
+    out = tmp_path / "out"
+    out.mkdir()
+    job = client.submit(JobSpec(MPI([sys.executable, str(prog), str(out)], ranks=2),
+                                resources=Resources(tasks_per_node=2, time="5m")))
+    assert job.wait(timeout=120) is JobState.COMPLETED, job.logs("stderr")[-2000:]
+    got = sorted(json.loads(p.read_text()) for p in out.iterdir())
+    assert got == [["mpirun", 0, 2, 0, 2], ["mpirun", 1, 2, 1, 2]]

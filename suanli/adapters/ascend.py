@@ -13,6 +13,12 @@ class AscendAdapter(Adapter):
     torch_device = "npu"
     torch_backend = "hccl"
     description = "Huawei Ascend NPU nodes"
+    device_env_var = "ASCEND_RT_VISIBLE_DEVICES"
+
+    def setup_lines(self) -> list[str]:
+        # CANN's environment (library paths, ASCEND_TOOLKIT_HOME) where the toolkit is installed.
+        return ['_cann="${ASCEND_TOOLKIT_HOME:-/usr/local/Ascend/ascend-toolkit}/set_env.sh"; '
+                'if [ -f "$_cann" ]; then . "$_cann"; fi; unset _cann']
 
     def environment(self, resources: Resources) -> dict[str, str]:
         env = super().environment(resources)

@@ -22,6 +22,9 @@ class Adapter:
     torch_device: ClassVar[str] = "cpu"
     torch_backend: ClassVar[str] = "gloo"
     description: ClassVar[str] = "plain CPU nodes"
+    #: The variable that restricts a process to its allocated devices (set from the allocation when the
+    #: scheduler does not set it itself).
+    device_env_var: ClassVar[str | None] = None
 
     def check(self, resources: Resources, where: str) -> None:
         """Refuse accelerator requests this hardware cannot serve, naming the partition."""
@@ -40,6 +43,25 @@ class Adapter:
         """Environment every task of the job gets (OpenMP threads follow the CPUs per task)."""
         return {"OMP_NUM_THREADS": str(resources.cpus_per_task)}
 
+    def setup_lines(self) -> list[str]:
+        """Shell lines run before the job's own setup: vendor toolkits and libraries, each only if installed."""
+        return []
+
+    def ray_resources(self, resources: Resources) -> dict[str, float]:
+        """A Ray request for the whole job (Ray has no nodes x per-node accelerators: it is per job)."""
+        out: dict[str, float] = {"num_cpus": float(resources.nodes * resources.cpus_per_node)}
+        if resources.accelerators_per_node:
+            total = float(resources.nodes * resources.accelerators_per_node)
+            if self.accelerator_kind == "nvidia":
+                out["num_gpus"] = total
+            elif self.accelerator_kind == "ascend":
+                out["NPU"] = total  # Ray's built-in Ascend resource
+        return out
+
+    def mpi_binding(self, launcher: str, ranks_per_node: int, numa_nodes: int | None) -> list[str]:
+        """Placement flags for MPI ranks; plain nodes keep the launcher's defaults."""
+        return []
+
 
 class PinnedCpuAdapter(Adapter):
     """Many-core ARM nodes with several NUMA nodes per socket: keep OpenMP threads on their cores."""
@@ -48,3 +70,22 @@ class PinnedCpuAdapter(Adapter):
         env = super().environment(resources)
         env.update({"OMP_PLACES": "cores", "OMP_PROC_BIND": "close"})
         return env
+
+    def mpi_binding(self, launcher: str, ranks_per_node: int, numa_nodes: int | None) -> list[str]:
+        """One rank per NUMA node when the ranks match the NUMA layout (hybrid MPI + OpenMP), else one per
+        core: on these many-core ARM chips memory locality decides the speed."""
+        per_numa = bool(numa_nodes) and ranks_per_node == numa_nodes
+        if launcher == "srun":
+            return ["--cpu-bind=ldoms" if per_numa else "--cpu-bind=cores"]
+        if per_numa:
+            return ["--map-by", "ppr:1:numa", "--bind-to", "numa"]
+        return ["--map-by", "core", "--bind-to", "core"]
+
+    def setup_lines(self) -> list[str]:
+        # Kunpeng Math Library and Hyper MPI, where the node has them.
+        return [
+            'if [ -d "${KML_HOME:-/usr/local/kml}/lib" ]; then '
+            'export LD_LIBRARY_PATH="${KML_HOME:-/usr/local/kml}/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"; fi',
+            'if [ -n "${HMPI_HOME:-}" ] && [ -d "$HMPI_HOME/bin" ]; then export PATH="$HMPI_HOME/bin:$PATH"; '
+            'export LD_LIBRARY_PATH="$HMPI_HOME/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"; fi',
+        ]

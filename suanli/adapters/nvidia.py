@@ -14,6 +14,7 @@ class NvidiaAdapter(Adapter):
     torch_device = "cuda"
     torch_backend = "nccl"
     description = "NVIDIA GPU nodes"
+    device_env_var = "CUDA_VISIBLE_DEVICES"
 
 
 def visible_gpus(root: str = "/") -> int:

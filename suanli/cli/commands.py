@@ -316,6 +316,50 @@ def cmd_clusters(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- hardware
+def cmd_hardware(args: argparse.Namespace) -> int:
+    from suanli.adapters.detect import detect, partition_entry
+
+    hw = detect(sysroot=args.sysroot, lscpu=args.lscpu, cpuinfo=args.cpuinfo, npu_smi=args.npu_smi,
+                nvidia_smi=args.nvidia_smi)
+    if args.partition_entry:
+        sys.stdout.write(partition_entry(hw, args.partition_entry))
+        return 0
+    if args.json:
+        print_json(hw.to_json())
+        return 0
+    c = hw.cpu
+    ids = f" (implementer {c.implementer}, part {c.part})" if c.implementer else ""
+    lines = [
+        f"adapter:      {hw.adapter}",
+        f"cpu:          {c.vendor or '?'} {c.model or '?'}{ids}",
+        f"cpus:         {c.cores} logical, {c.sockets if c.sockets is not None else '?'} socket(s)",
+        f"numa nodes:   {len(c.numa_nodes)}",
+    ]
+    for n in c.numa_nodes:
+        lines.append(f"  node{n.id}:      {_cpulist(n.cpus)}")
+    for a in hw.accelerators:
+        mem = f", {a.memory_mb} MB each" if a.memory_mb else ""
+        lines.append(f"accelerators: {a.count} x {a.kind} {a.model}{mem}, health {a.health}")
+    if not hw.accelerators:
+        lines.append("accelerators: none")
+    lines.append(f"os:           {hw.os or '?'}")
+    sys.stdout.write("\n".join(lines) + "\n")
+    return 0
+
+
+def _cpulist(cpus: list[int]) -> str:
+    parts: list[str] = []
+    i = 0
+    while i < len(cpus):
+        j = i
+        while j + 1 < len(cpus) and cpus[j + 1] == cpus[j] + 1:
+            j += 1
+        parts.append(str(cpus[i]) if i == j else f"{cpus[i]}-{cpus[j]}")
+        i = j + 1
+    return ",".join(parts) or "-"
+
+
 # ---------------------------------------------------------------- completion
 def cmd_completion(args: argparse.Namespace) -> int:
     from suanli.cli.main import build_parser

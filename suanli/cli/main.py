@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 from suanli.errors import SuanliError
 
-VERBS = ("submit", "status", "logs", "cancel", "wait", "clusters", "completion")
+VERBS = ("submit", "status", "logs", "cancel", "wait", "clusters", "hardware", "completion")
 
 EXIT_CODES = """exit codes: 0 success; 1 a waited job did not complete; 2 usage or validation error (nothing
 reached a backend); 3 refused by a quota; 4 the backend refused or could not be reached"""
@@ -85,6 +85,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("clusters", parents=[common], help="list configured clusters and partitions")
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("hardware", parents=[common], help="detect a node's CPU, NUMA layout and accelerators",
+                       description="Probe this machine, a --sysroot copy of one, or captured outputs "
+                                   "(srun lscpu > node.txt), and say which adapter applies.")
+    p.add_argument("--sysroot", metavar="DIR", help="read proc/, sys/ and etc/ under DIR (like lscpu --sysroot)")
+    p.add_argument("--lscpu", metavar="FILE", help="captured lscpu output")
+    p.add_argument("--cpuinfo", metavar="FILE", help="captured /proc/cpuinfo")
+    p.add_argument("--npu-smi", metavar="FILE", dest="npu_smi", help="captured `npu-smi info` output")
+    p.add_argument("--nvidia-smi", metavar="FILE", dest="nvidia_smi",
+                   help="captured `nvidia-smi --query-gpu=index,name,memory.total --format=csv` output")
+    p.add_argument("--partition-entry", metavar="NAME", help="print a cluster_configs/ partition item instead")
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("completion", parents=[common], help="print a shell completion script")

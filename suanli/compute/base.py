@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -89,12 +89,14 @@ class Plan:
 
 @dataclass(frozen=True)
 class JobRef:
-    """What status/cancel need to find a job on its backend."""
+    """What status/cancel need to find a job on its backend. ``layout`` is what the backend's plan asked the
+    registry to keep (``Plan.details["layout"]``), for example how a large array was split."""
 
     job_id: str
     native_id: str | None
     job_dir: str
     tasks: tuple[int | None, ...]
+    layout: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

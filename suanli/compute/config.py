@@ -259,8 +259,9 @@ def parse_cluster(src: Source) -> ClusterConfig:
     for section, keys in BACKEND_SECTION_KEYS.items():
         raw = data.get(section)
         sections[section] = {} if raw is None else dict(_mapping(src, raw, (section,), keys, section))
-    if "signal_seconds" in sections["slurm"]:
-        _int(src, 1)(sections["slurm"]["signal_seconds"], ("slurm", "signal_seconds"))
+    for key in ("signal_seconds", "max_array_size"):
+        if key in sections["slurm"]:
+            _int(src, 1)(sections["slurm"][key], ("slurm", key))
     if backend == "ray" and not sections["ray"].get("address"):
         src.fail(("ray",), "a ray cluster needs ray.address (the dashboard URL, such as http://127.0.0.1:8265)")
     return ClusterConfig(

@@ -84,11 +84,18 @@ def init_distributed(backend: str | None = None) -> Any:
 
     env = environment()
     if env.adapter == "ascend":
+        import importlib.util
+
+        # Found first, imported second: without CANN, torch_npu's import fails with RuntimeError, not only
+        # ImportError (and its backend autoload can break `import torch` itself).
+        if importlib.util.find_spec("torch_npu") is None:
+            raise RuntimeError("the ascend adapter needs torch_npu: pip install torch-npu (the release matching "
+                               "your torch) and source CANN's set_env.sh")
         try:
             import torch_npu  # noqa: F401
         except (ImportError, RuntimeError) as exc:
-            raise RuntimeError(f"the ascend adapter needs torch_npu and the CANN toolkit ({exc}); install "
-                               "torch-npu matching your torch and source CANN's set_env.sh") from None
+            raise RuntimeError(f"torch_npu did not load ({exc}); install the CANN toolkit and source its "
+                               "set_env.sh (the ascend partition's setup does when CANN is installed)") from None
         device = torch.device("npu", env.local_rank)
         torch.npu.set_device(device)  # type: ignore[attr-defined]
         backend = backend or "hccl"

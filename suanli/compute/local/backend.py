@@ -56,7 +56,7 @@ class LocalBackend(Backend):
         env.update(spec.env)
         files: dict[str, bytes] = {}
         launch, requires = self._launch(sub, files)
-        setup = [*sub.cluster.setup, *sub.partition.setup, *spec.setup]
+        setup = [*sub.adapter.setup_lines(), *sub.cluster.setup, *sub.partition.setup, *spec.setup]
         workdir = os.path.abspath(spec.workdir or os.getcwd())
         text = sh.render(
             sh.load_template("suanli.compute.local", "templates/job.sh.tmpl"),

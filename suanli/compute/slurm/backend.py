@@ -19,7 +19,7 @@ from suanli.compute.payload import PAYLOAD, function_argv, function_payload, sua
 from suanli.compute.slurm import parse
 from suanli.errors import BackendError, UsageError
 from suanli.jobs.resources import format_slurm_time
-from suanli.jobs.spec import MPI, Command, Function, Map, Training
+from suanli.jobs.spec import MPI, Array, Command, Function, Map, Training
 
 #: Messages of a busy or restarting slurmctld: worth a bounded retry, unlike a refusal.
 TRANSIENT = ("Socket timed out", "Unable to contact slurm controller", "Connection refused", "Zero Bytes were",
@@ -71,6 +71,21 @@ class SlurmBackend(Backend):
         if conf:
             self.env["SLURM_CONF"] = str(conf)
         self.signal_s = int(cluster.slurm.get("signal_seconds", 90))
+        size = cluster.slurm.get("max_array_size")
+        self._max_array: int | None = int(size) if size else None
+
+    def max_array_size(self) -> int:
+        """Slurm's MaxArraySize (array indices must stay below it), from the config or asked once."""
+        if self._max_array is None:
+            # One quick question, no retries: a dry run must not hang on an unreachable controller.
+            try:
+                proc = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True,
+                                      env=self.env, timeout=10)
+                m = re.search(r"^MaxArraySize\s*=\s*(\d+)", proc.stdout, re.M)
+                self._max_array = int(m.group(1)) if m else 1001
+            except (OSError, subprocess.TimeoutExpired):
+                self._max_array = 1001  # Slurm's default
+        return self._max_array
 
     # ------------------------------------------------------------ running Slurm commands
     def run(self, argv: list[str], what: str, input_text: str | None = None) -> subprocess.CompletedProcess[str]:
@@ -118,13 +133,15 @@ class SlurmBackend(Backend):
         elif isinstance(w, MPI):
             ranks = w.total_ranks(res)
             tasks_per_node = w.ranks_per_node or max(1, -(-ranks // res.nodes))
-            if (sub.partition.mpi_launcher or "srun") == "mpirun":
+            launcher = sub.partition.mpi_launcher or "srun"
+            binding = sub.adapter.mpi_binding(launcher, tasks_per_node, sub.partition.numa_nodes)
+            if launcher == "mpirun":
                 launch = ["mpirun", "-np", str(ranks)]
                 if os.geteuid() == 0:
                     launch.append("--allow-run-as-root")
-                launch += ["--oversubscribe", *w.argv]
+                launch += [*binding, "--oversubscribe", *w.argv] if not binding else [*binding, *w.argv]
             else:
-                launch = ["srun", "--mpi=pmix", f"--ntasks={ranks}", *w.argv]
+                launch = ["srun", "--mpi=pmix", f"--ntasks={ranks}", *binding, *w.argv]
         else:
             raise UsageError(f"workload: the slurm backend cannot run {type(w).__name__}")
 
@@ -139,7 +156,7 @@ class SlurmBackend(Backend):
         env.update(suanli_pythonpath(self.env))
         env.update(sub.adapter.environment(res))
         env.update(spec.env)
-        setup = [*sub.cluster.setup, *sub.partition.setup, *spec.setup]
+        setup = [*sub.adapter.setup_lines(), *sub.cluster.setup, *sub.partition.setup, *spec.setup]
         text = sh.render(
             sh.load_template("suanli.compute.slurm", "templates/batch.sh.tmpl"),
             {
@@ -149,6 +166,8 @@ class SlurmBackend(Backend):
                 "LAUNCH": sh.join_argv(launch),
                 "MAX_RESTARTS": str(spec.max_restarts),
                 "FORWARD_USR2": forward_usr2,
+                "DEVICES": device_lines(sub.adapter.gres_name, sub.adapter.device_env_var)
+                if res.accelerators_per_node else ":",
             },
         )
         argv = ["sbatch", "--parsable", f"--job-name={slurm_name(spec.display_name)}",
@@ -170,15 +189,20 @@ class SlurmBackend(Backend):
             gres = sub.adapter.gres_name or "gpu"
             argv.append(f"--gres={gres}:{res.accelerators_per_node}")
         stem = "job"
+        layout: dict[str, object] = {}
         if spec.array is not None:
-            argv.append(f"--array={spec.array.compact()}")
+            chunks = split_array(spec.array, self.max_array_size())
+            argv.append(f"--array={chunks[0][1]}")
             stem = "task-%a"
+            if len(chunks) > 1 or chunks[0][0]:
+                layout["chunks"] = [[offset, text] for offset, text in chunks]
+                stem = f"chunk-{chunks[0][0]}-%a"
         if sub.dependencies:
             groups: dict[str, list[str]] = {}
             for d in sub.dependencies:
                 if not d.native_id:
                     raise UsageError(f"dependency: job {d.job_id} has no Slurm job id yet")
-                groups.setdefault(d.kind, []).append(d.native_id)
+                groups.setdefault(d.kind, []).extend(d.native_id.split(","))
             argv += [f"--dependency={','.join(k + ':' + ':'.join(v) for k, v in groups.items())}",
                      "--kill-on-invalid-dep=yes"]
         argv += ["--requeue" if spec.max_restarts or isinstance(w, Function | Map) else "--no-requeue",
@@ -186,7 +210,8 @@ class SlurmBackend(Backend):
                  f"--output={job_dir}/{stem}.out", f"--error={job_dir}/{stem}.err", f"{job_dir}/job.sh"]
         return Plan(job_id=sub.job_id, cluster=sub.cluster.name, backend=self.name, job_dir=job_dir, argv=argv,
                     script=text, script_name="job.sh", env=env, files=files,
-                    details={"tasks": spec.task_count, "slurm_name": slurm_name(spec.display_name)})
+                    details={"tasks": spec.task_count, "slurm_name": slurm_name(spec.display_name),
+                             "layout": layout})
 
     # ------------------------------------------------------------ submit
     def submit(self, plan: Plan) -> str:
@@ -200,11 +225,24 @@ class SlurmBackend(Backend):
         except OSError as exc:
             shutil.rmtree(job_dir, ignore_errors=True)
             raise BackendError(f"slurm: cannot write the job folder {job_dir}: {exc.strerror}") from None
-        _BUCKET.take()
+        chunks = plan.details.get("layout", {}).get("chunks") or [[0, None]]
+        submitted: list[str] = []
         try:
-            proc = self.run(plan.argv, "sbatch refused the job")
-            return parse.parse_sbatch(proc.stdout)
+            for offset, text in chunks:
+                argv = list(plan.argv)
+                if text is not None:
+                    # A further array of a split one: its own --array, its offset, its own scheduler-side log.
+                    argv = [a for a in argv if not a.startswith(("--array=", "--output=", "--error="))]
+                    argv[-1:-1] = [f"--array={text}", f"--export=ALL,SUANLI_ARRAY_OFFSET={offset}",
+                                   f"--output={job_dir}/chunk-{offset}-%a.out",
+                                   f"--error={job_dir}/chunk-{offset}-%a.err"]
+                _BUCKET.take()
+                proc = self.run(argv, "sbatch refused the job")
+                submitted.append(parse.parse_sbatch(proc.stdout))
+            return ",".join(submitted)
         except (BackendError, ValueError) as exc:
+            if submitted:  # no orphans: the arrays already queued go too
+                subprocess.run(["scancel", *submitted], capture_output=True, env=self.env)
             shutil.rmtree(job_dir, ignore_errors=True)
             if isinstance(exc, ValueError):
                 raise BackendError(f"sbatch: {exc}") from None
@@ -212,7 +250,10 @@ class SlurmBackend(Backend):
 
     # ------------------------------------------------------------ status
     def status_many(self, refs: Sequence[JobRef]) -> dict[TaskKey, NativeStatus]:
-        by_native = {r.native_id: r for r in refs if r.native_id}
+        by_native: dict[str, tuple[JobRef, int]] = {}
+        for r in refs:
+            for native, offset in native_parts(r):
+                by_native[native] = (r, offset)
         if not by_native:
             return {}
         ids = ",".join(sorted(by_native))
@@ -226,12 +267,13 @@ class SlurmBackend(Backend):
             states = parse.parse_squeue(proc.stdout)
         out: dict[TaskKey, NativeStatus] = {}
         for ts in states:
-            ref = by_native.get(ts.job)
-            if ref is None:
+            if ts.job not in by_native:
                 continue
-            if ts.task not in ref.tasks and not (ts.task is None and None in ref.tasks):
+            ref, offset = by_native[ts.job]
+            task = None if ts.task is None else ts.task + offset
+            if task not in ref.tasks:
                 continue
-            out[(ref.job_id, ts.task)] = NativeStatus(
+            out[(ref.job_id, task)] = NativeStatus(
                 state=ts.state, reason=ts.reason, exit_code=ts.exit_code, started_at=ts.started_at,
                 ended_at=ts.ended_at, restarts=ts.restarts, native_id=ts.raw_id,
             )
@@ -241,11 +283,60 @@ class SlurmBackend(Backend):
     def cancel(self, refs: Sequence[JobRef]) -> None:
         targets: list[str] = []
         for r in refs:
-            if not r.native_id:
+            parts = native_parts(r)
+            if not r.tasks:
+                targets += [native for native, _ in parts]
                 continue
-            if r.tasks:
-                targets += [r.native_id if t is None else f"{r.native_id}_{t}" for t in r.tasks]
-            else:
-                targets.append(r.native_id)
+            for t in r.tasks:
+                if t is None:
+                    targets += [native for native, _ in parts]
+                    continue
+                native, offset = max((p for p in parts if p[1] <= t), key=lambda p: p[1])
+                targets.append(f"{native}_{t - offset}")
         if targets:
             self.run(["scancel", *targets], "scancel")
+
+
+def split_array(array: Array, max_size: int) -> list[tuple[int, str]]:
+    """Indices at or above MaxArraySize go into further arrays: ``(offset, --array text)`` each, where the
+    job's task id is the offset plus the array's own index. The ``%`` limit applies to each array."""
+    groups: dict[int, list[int]] = {}
+    for i in array.indices:
+        groups.setdefault(i // max_size * max_size, []).append(i)
+    return [(offset, Array(tuple(i - offset for i in idx), array.max_concurrent).compact())
+            for offset, idx in sorted(groups.items())]
+
+
+def native_parts(ref: JobRef) -> list[tuple[str, int]]:
+    """(native id, task offset) of each Slurm array that makes up the job (one for most jobs)."""
+    if not ref.native_id:
+        return []
+    ids = ref.native_id.split(",")
+    chunks = ref.layout.get("chunks") or [[0, None]]
+    offsets = [int(c[0]) for c in chunks]
+    if len(offsets) != len(ids):
+        offsets = [0] * len(ids)
+    return list(zip(ids, offsets, strict=True))
+
+
+def device_lines(gres: str | None, var: str | None) -> str:
+    """Shell that exports the allocated device indices. Slurm sets CUDA_VISIBLE_DEVICES for gpu GRES itself
+    but nothing for other GRES such as npu, so for those they are read from ``scontrol show job -d``."""
+    if not gres or not var:
+        return ":"
+    lines = [
+        "suanli_ids() {  # 0-2,5 -> 0,1,2,5",
+        "    local out='' part",
+        "    for part in ${1//,/ }; do",
+        '        if [[ $part == *-* ]]; then out+="$(seq -s, "${part%-*}" "${part#*-}"),"; else out+="$part,"; fi',
+        "    done",
+        '    printf %s "${out%,}"',
+        "}",
+        'SUANLI_ACCELERATOR_IDS="$(scontrol show job -d "$SLURM_JOB_ID" 2>/dev/null '
+        f"| sed -n 's/.*GRES={gres}:[^(]*(IDX:\\([^)]*\\)).*/\\1/p' | head -n 1)\"",
+        'export SUANLI_ACCELERATOR_IDS="$(suanli_ids "$SUANLI_ACCELERATOR_IDS")"',
+    ]
+    if gres != "gpu":
+        # The allocation wins over whatever the submitting shell had exported.
+        lines.append(f'if [ -n "$SUANLI_ACCELERATOR_IDS" ]; then export {var}="$SUANLI_ACCELERATOR_IDS"; fi')
+    return "\n".join(lines)

@@ -1,0 +1,68 @@
+"""Adapters: what each kind of hardware adds to a job, and the in-job runtime's errors without the hardware."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from suanli.adapters import adapter_names, get_adapter
+from suanli.errors import UsageError
+from suanli.jobs.resources import Resources
+
+
+def test_registry_lists_builtins_and_refuses_unknown() -> None:
+    assert adapter_names()[:5] == ["cpu", "kunpeng", "phytium", "ascend", "nvidia"]
+    with pytest.raises(UsageError, match="valid adapters: cpu, kunpeng, phytium, ascend, nvidia"):
+        get_adapter("sparc")
+
+
+@pytest.mark.parametrize(("name", "device", "backend", "gres"), [
+    ("cpu", "cpu", "gloo", None), ("kunpeng", "cpu", "gloo", None), ("phytium", "cpu", "gloo", None),
+    ("ascend", "npu", "hccl", "npu"), ("nvidia", "cuda", "nccl", "gpu"),
+])
+def test_torch_device_backend_and_gres(name: str, device: str, backend: str, gres: str | None) -> None:
+    a = get_adapter(name)
+    assert (a.torch_device, a.torch_backend, a.gres_name) == (device, backend, gres)
+
+
+def test_environment_per_adapter() -> None:
+    res = Resources(cpus_per_task=6, accelerators="ascend:4")
+    env = get_adapter("ascend").environment(res)
+    assert env["OMP_NUM_THREADS"] == "6" and int(env["HCCL_CONNECT_TIMEOUT"]) >= 120
+    assert "set_env.sh" in get_adapter("ascend").setup_lines()[0]
+    k = get_adapter("kunpeng").environment(Resources(cpus_per_task=32))
+    assert k == {"OMP_NUM_THREADS": "32", "OMP_PLACES": "cores", "OMP_PROC_BIND": "close"}
+    assert get_adapter("cpu").environment(Resources()) == {"OMP_NUM_THREADS": "1"}
+
+
+def test_ray_requests_are_per_job() -> None:
+    res = Resources(nodes=2, cpus_per_task=8, accelerators="ascend:8")
+    assert get_adapter("ascend").ray_resources(res) == {"num_cpus": 16.0, "NPU": 16.0}
+    assert get_adapter("nvidia").ray_resources(Resources(accelerators="nvidia:2")) == {"num_cpus": 1.0,
+                                                                                       "num_gpus": 2.0}
+
+
+def test_mpi_binding_follows_the_numa_layout() -> None:
+    k = get_adapter("kunpeng")
+    assert k.mpi_binding("mpirun", 4, 4) == ["--map-by", "ppr:1:numa", "--bind-to", "numa"]
+    assert k.mpi_binding("mpirun", 128, 4) == ["--map-by", "core", "--bind-to", "core"]
+    assert k.mpi_binding("srun", 8, 8) == ["--cpu-bind=ldoms"]
+    assert get_adapter("cpu").mpi_binding("srun", 8, 8) == []
+
+
+def test_accelerator_kind_mismatch_is_refused() -> None:
+    with pytest.raises(UsageError, match="nvidia"):
+        get_adapter("ascend").check(Resources(accelerators="nvidia:1"), "partition 'ai'")
+    with pytest.raises(UsageError, match="no accelerators"):
+        get_adapter("kunpeng").check(Resources(accelerators=2), "partition 'kp'")
+
+
+def test_init_distributed_on_ascend_without_torch_npu_names_what_to_install() -> None:
+    pytest.importorskip("torch")
+    code = ("import os; os.environ['SUANLI_ADAPTER'] = 'ascend'\n"
+            "from suanli.runtime import init_distributed\n"
+            "try:\n    init_distributed()\nexcept RuntimeError as e:\n    print(e)\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert "torch-npu" in r.stdout or "torch_npu" in r.stdout, r.stdout + r.stderr
