@@ -245,3 +245,76 @@ def test_concurrent_submitters_share_the_registry(home: Path) -> None:
     assert {r.id for r in rows} == set(ids)
     for i in ids:
         assert c.get_job(i).wait(timeout=120) is JobState.COMPLETED
+
+
+def test_follow_keeps_split_characters_and_crlf_whole(tmp_path: Path) -> None:
+    import threading
+
+    from suanli.api import follow_files
+
+    path = tmp_path / "log"
+    done = threading.Event()
+
+    def writer() -> None:
+        data = "算力\r\nok\n".encode()
+        with open(path, "ab") as fh:
+            for i in range(0, len(data), 2):  # split inside characters and between \r and \n
+                fh.write(data[i:i + 2])
+                fh.flush()
+                time.sleep(0.03)
+        done.set()
+
+    path.touch()
+    t = threading.Thread(target=writer)
+    t.start()
+    lines = [line for _, line in follow_files([path], done.is_set, check_every=0.05)]
+    t.join()
+    assert lines == ["算力\r\n", "ok\n"]
+
+
+def test_cancel_while_waiting_for_a_dependency_is_cancelled(client: Any) -> None:
+    first = client.submit(["sleep", "30"])
+    second = client.submit(["true"], after=first)
+    second.cancel()
+    assert second.wait(timeout=30) is JobState.CANCELLED
+    first.cancel()
+    assert first.wait(timeout=30) is JobState.CANCELLED
+
+
+def test_a_killed_runner_fails_the_job_and_stops_its_task(client: Any, tmp_path: Path) -> None:
+    import signal
+
+    marker = tmp_path / "pid"
+    job = client.submit(["sh", "-c", f"echo $$ > {marker}; exec sleep 300"])
+    deadline = time.time() + 20
+    while not marker.exists() or not marker.read_text().strip():
+        assert time.time() < deadline
+        time.sleep(0.05)
+    task_pid = int(marker.read_text())
+    runner_pid = int((Path(client.store.get(job.id).job_dir) / "runner.pid").read_text().split()[0])
+    os.kill(runner_pid, signal.SIGKILL)
+    assert job.wait(timeout=30) is JobState.FAILED
+    assert job.info().reason == "RunnerLost"
+    for _ in range(100):
+        try:
+            os.kill(task_pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.05)
+    else:
+        pytest.fail("the task of a lost runner kept running")
+
+
+def test_background_children_end_with_their_task(client: Any, tmp_path: Path) -> None:
+    marker = tmp_path / "bg"
+    job = client.submit(["sh", "-c", f"sleep 300 & echo $! > {marker}"])
+    assert job.wait(timeout=30) is JobState.COMPLETED
+    child = int(marker.read_text())
+    for _ in range(100):
+        try:
+            os.kill(child, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.05)
+    else:
+        pytest.fail("a finished task's background child survived")

@@ -351,3 +351,49 @@ def test_runtime_environment_under_a_real_slurm_step(slurm: Any, tmp_path: Path)
     assert job.wait(timeout=120) is JobState.COMPLETED, job.logs("stderr")
     got = sorted(json.loads(p.read_text()) for p in out.iterdir())
     assert got == [["slurm", 0, 2, 0, job.id], ["slurm", 1, 2, 1, job.id]]
+
+
+class SubmititResumable:
+    """Written for submitit: checkpoint() returns a submitit DelayedSubmission."""
+
+    def __call__(self, marker: str, resumed: bool = False) -> str:
+        if resumed:
+            return "resumed via submitit"
+        Path(marker).write_text("started")
+        time.sleep(300)
+        return "ran to the end"
+
+    def checkpoint(self, marker: str, resumed: bool = False) -> Any:
+        import submitit
+
+        return submitit.helpers.DelayedSubmission(self, marker, resumed=True)
+
+
+def test_submitit_checkpointable_callable_works_unchanged(slurm: Any, tmp_path: Path, slurm_conf: str) -> None:
+    pytest.importorskip("submitit")
+    marker = tmp_path / "started"
+    job = slurm.submit(SubmititResumable(), str(marker), time="10m")
+    deadline = time.time() + 120
+    while not marker.exists():
+        assert time.time() < deadline, job.logs("stderr")
+        time.sleep(0.3)
+    env = dict(os.environ, SLURM_CONF=slurm_conf)
+    subprocess.run(["scancel", "--signal=USR2", "--batch", job.info().native_id], check=True, env=env)
+    assert wait_releasing_requeued(job, slurm_conf, 300) is JobState.COMPLETED, job.logs("stderr")
+    assert job.result() == "resumed via submitit"
+
+
+def test_unreachable_controller_is_a_bounded_clear_error(slurm: Any, slurm_conf: str, tmp_path: Path) -> None:
+    import re
+
+    conf = re.sub(r"(?m)^SlurmctldPort=.*$", "SlurmctldPort=9", Path(slurm_conf).read_text())
+    dead = tmp_path / "dead-slurm.conf"
+    dead.write_text(conf)
+    cfg = Path(os.environ["SUANLI_CONFIG"]) / "dead.yaml"
+    cfg.write_text(f"name: dead\nbackend: slurm\nslurm: {{conf: {dead}}}\npartitions:\n  - {{name: debug}}\n")
+    t0 = time.monotonic()
+    r = run_cli("submit", "--cluster", "dead", "--", "true", env={"SLURM_CONF": str(dead)})
+    assert r.returncode == 4, r.stderr
+    assert "sbatch" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert time.monotonic() - t0 < 180
+    assert json.loads(run_cli("status", "--json", "--all").stdout) == []

@@ -99,7 +99,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
             print(job_id)
             return 0
     if args.follow:
-        _follow(client, job_id, None)
+        _follow(client, job_id, None, to_stderr=args.json)  # with --json, stdout carries JSON alone
     final = client.wait_for([(job_id, None)], None)
     if args.json:
         print_json([i.to_json() for i in final])
@@ -240,12 +240,12 @@ def _print_logs(client: Client, job_id: str, task: int | None, stream: str) -> N
         sys.stderr.flush()
 
 
-def _follow(client: Client, job_id: str, task: int | None, stream: str = "both") -> None:
+def _follow(client: Client, job_id: str, task: int | None, stream: str = "both", to_stderr: bool = False) -> None:
     from suanli.api import follow_files
 
     out, err = client.log_paths(job_id, task)
     paths = [p for p, s in ((out, "stdout"), (err, "stderr")) if stream in ("both", s)]
-    sinks = [sys.stdout if p == out else sys.stderr for p in paths]
+    sinks = [sys.stdout if p == out and not to_stderr else sys.stderr for p in paths]
 
     def finished() -> bool:
         infos = client.infos(job_id)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -101,9 +102,14 @@ class Store:
         self.root = root or home()
         self.path = self.root / "registry.db"
         self._conn: sqlite3.Connection | None = None
+        self._lock = threading.RLock()
 
     # ------------------------------------------------------------ connection
     def _connect(self) -> sqlite3.Connection:
+        with self._lock:
+            return self._connect_locked()
+
+    def _connect_locked(self) -> sqlite3.Connection:
         if self._conn is not None:
             return self._conn
         try:
@@ -139,14 +145,16 @@ class Store:
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
-        conn = self._connect()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield conn
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
+        # One connection per Store, shared by threads: the lock keeps their transactions apart.
+        with self._lock:
+            conn = self._connect()
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
 
     def close(self) -> None:
         if self._conn is not None:
@@ -181,15 +189,17 @@ class Store:
         updates = list(updates)
         if not updates:
             return
+        terminal = tuple(s.value for s in JobState if s.is_terminal)
+        marks = ",".join("?" * len(terminal))
         with self._write() as c:
+            # A final state is never overwritten: a slower poller's older answer must not revive a task.
             c.executemany(
                 "UPDATE tasks SET state = ?, reason = ?, restarts = ?, started_at = COALESCE(?, started_at), "
-                "ended_at = ?, exit_code = ?, native_id = COALESCE(?, native_id) WHERE job_id = ? AND task = ?",
+                "ended_at = ?, exit_code = ?, native_id = COALESCE(?, native_id) WHERE job_id = ? AND task = ? "
+                f"AND state NOT IN ({marks})",
                 [(u.state.value, u.reason, u.restarts, u.started_at, u.ended_at, u.exit_code, u.native_id,
-                  u.job_id, NO_TASK if u.task is None else u.task) for u in updates],
+                  u.job_id, NO_TASK if u.task is None else u.task, *terminal) for u in updates],
             )
-            terminal = tuple(s.value for s in JobState if s.is_terminal)
-            marks = ",".join("?" * len(terminal))
             job_ids = sorted({u.job_id for u in updates})
             for jid in job_ids:
                 c.execute(

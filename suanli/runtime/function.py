@@ -5,8 +5,9 @@ file holds ``("ok", value)`` or ``("error", exception or None, formatted traceba
 re-raises the exception with the remote traceback as its cause.
 
 Checkpointing (submitit's convention): when the scheduler warns of the time limit or preemption with SIGUSR2
-and the callable has a ``checkpoint(*args, **kwargs)`` method, its return value — ``(fn, args, kwargs)`` or
-None — becomes this task's payload and the job is requeued, so the next attempt resumes from it.
+and the callable has a ``checkpoint(*args, **kwargs)`` method, its return value — ``(fn, args, kwargs)``, a
+submitit ``DelayedSubmission``, or None — becomes this task's payload and the job is requeued, so the next
+attempt resumes from it (so ``submitit.helpers.Checkpointable`` subclasses work as they are).
 """
 
 from __future__ import annotations
@@ -61,7 +62,11 @@ def _checkpoint(job_dir: Path, task: str | None, fn: Any, args: tuple[Any, ...],
     state = fn.checkpoint(*args, **kwargs)
     if state is None:
         return False
-    new_fn, new_args, new_kwargs = state
+    if hasattr(state, "function") and hasattr(state, "args"):
+        # submitit.helpers.DelayedSubmission, so callables written for submitit work unchanged.
+        new_fn, new_args, new_kwargs = state.function, state.args, getattr(state, "kwargs", {})
+    else:
+        new_fn, new_args, new_kwargs = state
     inner = cloudpickle.dumps({"kind": "function", "fn": new_fn, "args": tuple(new_args), "kwargs": dict(new_kwargs)})
     _write(job_dir / f"checkpoint-{task or 'main'}.pkl",
            cloudpickle.dumps({"sys_path": list(sys.path), "data": inner}))
@@ -81,6 +86,8 @@ def main(argv: list[str]) -> int:
         return 2
     job_dir = Path(argv[1])
     task = os.environ.get("SUANLI_ARRAY_TASK_ID") or None
+    # An earlier attempt's outcome must not pass for this one's (a requeued task that then times out).
+    outcome_path(job_dir, task).unlink(missing_ok=True)
     fn: Any = None
     args: tuple[Any, ...] = ()
     kwargs: dict[str, Any] = {}

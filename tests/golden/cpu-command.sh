@@ -29,13 +29,15 @@ export MASTER_PORT="$((20000 + ${SLURM_JOB_ID:-0} % 20000))"
 cd <WORKDIR> || exit 1
 python sim.py --n 1000 &
 child=$!
-trap 'kill -TERM "$child" 2>/dev/null' TERM
+cancelled=0
+trap 'cancelled=1; kill -TERM "$child" 2>/dev/null' TERM
 # USR2 comes before the time limit: a Function job may checkpoint; other programs are not disturbed.
 trap 'echo "suanli: the time limit is near" >&2; [ 0 = 1 ] && kill -USR2 "$child" 2>/dev/null' USR2
 wait "$child"
 rc=$?
 while kill -0 "$child" 2>/dev/null; do wait "$child"; rc=$?; done
-if [ "$rc" -ne 0 ] && [ "${SUANLI_RESTART_COUNT}" -lt 0 ]; then
+# A job stopped by scancel or its time limit is not requeued: only its own failures are.
+if [ "$rc" -ne 0 ] && [ "$cancelled" = 0 ] && [ "${SUANLI_RESTART_COUNT}" -lt 0 ]; then
     echo "suanli: exit code $rc, requeueing (restart $((SUANLI_RESTART_COUNT + 1)) of 0)" >&2
     scontrol requeue "$SLURM_JOB_ID" && exit "$rc"
 fi

@@ -165,6 +165,10 @@ class LocalBackend(Backend):
                         lost = "RunnerLost"
                 elif running is None and _runner_failed_to_start(job_dir, st):
                     lost = "RunnerFailed"
+                if lost:
+                    # Nobody supervises its tasks any more: stop them and record the end, so cancel,
+                    # dependants and later status calls all see a finished job.
+                    st = self._stop_unsupervised(job_dir, None, "FAILED", lost) or st
             for task in ref.tasks:
                 t = (st or {}).get("tasks", {}).get(rn.task_key(task))
                 if t is None:
@@ -185,6 +189,8 @@ class LocalBackend(Backend):
     def cancel(self, refs: Sequence[JobRef]) -> None:
         for ref in refs:
             job_dir = Path(ref.job_dir)
+            if not job_dir.is_dir():
+                continue  # its folder was removed: nothing is left to stop
             whole = len(ref.tasks) == 0
             markers = ["cancel"] if whole else [f"cancel-{rn.task_key(t)}" for t in ref.tasks]
             for m in markers:
@@ -196,26 +202,29 @@ class LocalBackend(Backend):
                 except ProcessLookupError:
                     pass
                 continue
-            self._cancel_orphans(job_dir, None if whole else {rn.task_key(t) for t in ref.tasks})
+            if rn.alive(job_dir) is None and not _runner_failed_to_start(job_dir, rn.read_state(job_dir) or {}):
+                continue  # a runner about to start sees the cancel marker itself
+            self._stop_unsupervised(job_dir, None if whole else {rn.task_key(t) for t in ref.tasks}, "CANCELLED",
+                                    None)
 
-    def _cancel_orphans(self, job_dir: Path, keys: set[str] | None) -> None:
-        """The runner is gone (or never started): stop what it left and record the cancellation."""
+    def _stop_unsupervised(self, job_dir: Path, keys: set[str] | None, state: str,
+                           reason: str | None) -> dict[str, Any] | None:
+        """The runner is gone: kill what it left (only processes that are provably the task's own, by pid and
+        start time) and record the given end state in state.json."""
         st = rn.read_state(job_dir)
         if st is None:
-            return
+            return None
         now = time.time()
         for key, t in st["tasks"].items():
             if (keys is None or key in keys) and t["state"] not in rn.TERMINAL:
-                if t.get("pid"):
+                if rn.same_process(t.get("pid"), t.get("pid_start")):
                     try:
                         os.killpg(int(t["pid"]), signal.SIGKILL)
                     except (ProcessLookupError, PermissionError):
                         pass
-                t.update(state="CANCELLED", ended_at=now)
-        if rn.alive(job_dir) is None:
-            # A runner that has not started yet would overwrite this; its cancel marker stops it instead.
-            return
+                t.update(state=state, reason=reason, ended_at=now)
         rn.write_json(job_dir / rn.STATE_FILE, st)
+        return st
 
 
 RUNNER_START_GRACE_S = 60.0

@@ -121,7 +121,7 @@ class Runner:
         delay = 0.05
         while True:
             if self.cancel_markers() == set(self.tasks):
-                return False
+                return self._never(None, "CANCELLED")
             waiting = False
             for dep in deps:
                 st = read_state(Path(dep["job_dir"]))
@@ -131,6 +131,8 @@ class Runner:
                     waiting = True
                     continue
                 c = combined(st)
+                if c == "ACTIVE" and alive(Path(dep["job_dir"])) is False:
+                    c = "FAILED"  # its runner died: it will never finish
                 if c == "ACTIVE":
                     waiting = True
                 elif dep["kind"] == "afterok" and c != "COMPLETED":
@@ -142,10 +144,10 @@ class Runner:
             self.wait_events(delay)
             delay = min(delay * 1.5, 1.0)
 
-    def _never(self, reason: str) -> bool:
+    def _never(self, reason: str | None, state: str = "CANCELLED") -> bool:
         now = time.time()
         for key in self.tasks:
-            self.update(key, state="CANCELLED", reason=reason, ended_at=now)
+            self.update(key, state=state, reason=reason, ended_at=now)
         return False
 
     def start(self, key: str) -> None:
@@ -179,8 +181,8 @@ class Runner:
             self.sel.register(fd, selectors.EVENT_READ, key)
         except (OSError, AttributeError):
             self.pidfd_ok = False  # no pidfds: poll instead
-        self.update(key, state="RUNNING", reason=None, pid=proc.pid, started_at=time.time(), ended_at=None,
-                 exit_code=None)
+        self.update(key, state="RUNNING", reason=None, pid=proc.pid, pid_start=_starttime(proc.pid),
+                    started_at=time.time(), ended_at=None, exit_code=None)
 
     def kill(self, key: str, final: str) -> None:
         proc, _ = self.running[key]
@@ -204,12 +206,14 @@ class Runner:
             del self.running[key]
             exit_code = 128 - code if code < 0 else code
             forced = self.killing.pop(key, None)
+            try:
+                # Whatever the task left behind in its process group ends with it (as Slurm ends a job's
+                # processes): background children of a finished task do not live on.
+                os.killpg(proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
             if forced:
                 final, reason = forced[0], None
-                try:
-                    os.killpg(proc.pid, signal.SIGKILL)  # leftovers of the group
-                except (ProcessLookupError, PermissionError):
-                    pass
             else:
                 final, reason = ("COMPLETED" if code == 0 else "FAILED"), None
             t = self.tasks[key]
@@ -254,20 +258,28 @@ class Runner:
             next_times = [d for _, d in self.running.values() if d is not None]
             next_times += [k for _, k in self.killing.values()]
             timeout = min(min(next_times) - now, 5.0) if next_times else 5.0
-            if not self.pidfd_ok:
-                timeout = min(timeout, 0.05)
+            if not self.pidfd_ok or self.dirty:
+                timeout = min(timeout, 0.05)  # unwritten changes go out within the 50 ms write window
             self.wait_events(timeout)
             self.reap(queue)
         self.flush(force=True)
 
 
 def _starttime(pid: int) -> str:
-    """The kernel's start time of a process: with the pid it names one process even after pid reuse."""
+    """The kernel's start time of a live process: with the pid it names one process even after pid reuse.
+    A zombie (exited, not yet reaped) or a missing process gives "?"."""
     try:
         with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
+            fields = fh.read().rsplit(")", 1)[1].split()
+    except OSError:
         return "?"
+    if len(fields) < 20 or fields[0] in ("Z", "X"):
+        return "?"
+    return fields[19]
+
+
+def same_process(pid: int | None, start: str | None) -> bool:
+    return bool(pid) and start not in (None, "?") and _starttime(int(pid or 0)) == start
 
 
 def alive(job_dir: Path) -> bool | None:
@@ -277,7 +289,7 @@ def alive(job_dir: Path) -> bool | None:
     except (OSError, ValueError):
         return None
     pid = int(pid_text)
-    return _starttime(pid) == start
+    return start != "?" and _starttime(pid) == start
 
 
 def main(argv: list[str]) -> int:

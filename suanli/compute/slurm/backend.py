@@ -24,8 +24,13 @@ from suanli.jobs.spec import MPI, Array, Command, Function, Map, Training
 #: Messages of a busy or restarting slurmctld: worth a bounded retry, unlike a refusal.
 TRANSIENT = ("Socket timed out", "Unable to contact slurm controller", "Connection refused", "Zero Bytes were",
              "Resource temporarily unavailable", "slurm_receive_msg", "Transport endpoint")
+#: Of those, the ones that prove the request never reached slurmctld: the only ones after which a
+#: submission may be sent again (after a time-out the job may have been queued already).
+NEVER_ARRIVED = ("Unable to contact slurm controller", "Connection refused")
 RETRY_DELAYS = (1.0, 2.0, 4.0)
 COMMAND_TIMEOUT_S = 60.0
+#: Retries stop once this much time has gone: sbatch alone spends ~30 s before it gives up on a dead controller.
+RETRY_BUDGET_S = 45.0
 _NAME_OK = re.compile(r"[^A-Za-z0-9._+-]")
 
 
@@ -89,8 +94,11 @@ class SlurmBackend(Backend):
 
     # ------------------------------------------------------------ running Slurm commands
     def run(self, argv: list[str], what: str, input_text: str | None = None) -> subprocess.CompletedProcess[str]:
-        """Run a Slurm client command; retry only transient controller errors, within a bounded time."""
+        """Run a Slurm client command; retry only transient controller errors, within a bounded time. sbatch
+        is retried only when the request provably never arrived, so a job is never queued twice."""
+        safe = NEVER_ARRIVED if argv[0] == "sbatch" else TRANSIENT
         delays = list(RETRY_DELAYS)
+        start = time.monotonic()
         while True:
             try:
                 proc = subprocess.run(argv, capture_output=True, text=True, env=self.env, timeout=COMMAND_TIMEOUT_S,
@@ -103,7 +111,8 @@ class SlurmBackend(Backend):
             if proc.returncode == 0:
                 return proc
             message = (proc.stderr or proc.stdout).strip()
-            if delays and (proc.returncode == 124 or any(t in message for t in TRANSIENT)):
+            transient = (proc.returncode == 124 and safe is TRANSIENT) or any(t in message for t in safe)
+            if transient and delays and time.monotonic() - start + delays[0] < RETRY_BUDGET_S:
                 time.sleep(delays.pop(0))
                 continue
             first = " ".join(message.splitlines()[:3]) or f"exit code {proc.returncode}"
@@ -240,7 +249,7 @@ class SlurmBackend(Backend):
                 proc = self.run(argv, "sbatch refused the job")
                 submitted.append(parse.parse_sbatch(proc.stdout))
             return ",".join(submitted)
-        except (BackendError, ValueError) as exc:
+        except BaseException as exc:  # a refusal, or Ctrl-C between two arrays of a split one
             if submitted:  # no orphans: the arrays already queued go too
                 subprocess.run(["scancel", *submitted], capture_output=True, env=self.env)
             shutil.rmtree(job_dir, ignore_errors=True)
