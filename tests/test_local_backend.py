@@ -21,6 +21,18 @@ HOSTILE = [
 ]
 
 
+def assert_gone(pid: int, what: str, timeout: float = 5.0) -> None:
+    """The process must disappear within ``timeout`` seconds."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.05)
+    pytest.fail(what)
+
+
 def square(x: int) -> int:
     return x * x
 
@@ -115,14 +127,7 @@ def test_cancel_stops_the_process_group(client: Any, tmp_path: Path) -> None:
     child = int(marker.read_text())
     job.cancel()
     assert job.wait(timeout=30) is JobState.CANCELLED
-    for _ in range(100):
-        try:
-            os.kill(child, 0)
-        except ProcessLookupError:
-            break
-        time.sleep(0.05)
-    else:
-        pytest.fail("the job's child process survived the cancel")
+    assert_gone(child, "the job's child process survived the cancel")
 
 
 def test_array_tasks_get_their_index_and_respect_the_limit(client: Any, tmp_path: Path) -> None:
@@ -295,14 +300,7 @@ def test_a_killed_runner_fails_the_job_and_stops_its_task(client: Any, tmp_path:
     os.kill(runner_pid, signal.SIGKILL)
     assert job.wait(timeout=30) is JobState.FAILED
     assert job.info().reason == "RunnerLost"
-    for _ in range(100):
-        try:
-            os.kill(task_pid, 0)
-        except ProcessLookupError:
-            break
-        time.sleep(0.05)
-    else:
-        pytest.fail("the task of a lost runner kept running")
+    assert_gone(task_pid, "the task of a lost runner kept running")
 
 
 def test_background_children_end_with_their_task(client: Any, tmp_path: Path) -> None:
@@ -310,11 +308,27 @@ def test_background_children_end_with_their_task(client: Any, tmp_path: Path) ->
     job = client.submit(["sh", "-c", f"sleep 300 & echo $! > {marker}"])
     assert job.wait(timeout=30) is JobState.COMPLETED
     child = int(marker.read_text())
-    for _ in range(100):
-        try:
-            os.kill(child, 0)
-        except ProcessLookupError:
-            break
-        time.sleep(0.05)
-    else:
-        pytest.fail("a finished task's background child survived")
+    assert_gone(child, "a finished task's background child survived")
+
+
+def test_threads_share_one_client_safely(client: Any) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(8) as pool:
+        jobs = list(pool.map(lambda _: client.submit(["true"]), range(32)))
+    assert len({j.id for j in jobs}) == 32
+    rows = client.store.query()
+    assert len(rows) == 32 and all(r.native_id for r in rows)
+    with ThreadPoolExecutor(8) as pool:
+        states = list(pool.map(lambda j: j.wait(timeout=120), jobs))
+    assert set(states) == {JobState.COMPLETED}
+
+
+def test_a_final_state_is_never_overwritten(client: Any) -> None:
+    from suanli.compute.store import TaskUpdate
+
+    job = client.submit(["true"])
+    assert job.wait(timeout=30) is JobState.COMPLETED
+    client.store.update_tasks([TaskUpdate(job.id, None, JobState.RUNNING)])  # a slow poller's old answer
+    info = client.store.infos([client.store.get(job.id)])[0]
+    assert info.state is JobState.COMPLETED and client.store.get(job.id).done

@@ -78,6 +78,21 @@ def slurm(home: Path, slurm_conf: str, tmp_path: Path, monkeypatch: pytest.Monke
     c.store.close()
 
 
+def record_slurm_calls(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
+    """Every Slurm command the backend runs, in order (the real commands still run)."""
+    from suanli.compute.slurm import backend as sb
+
+    calls: list[list[str]] = []
+    real_run = sb.SlurmBackend.run
+
+    def counting(self: Any, argv: list[str], what: str, input_text: str | None = None) -> Any:
+        calls.append(argv)
+        return real_run(self, argv, what, input_text)
+
+    monkeypatch.setattr(sb.SlurmBackend, "run", counting)
+    return calls
+
+
 def sq(x: int) -> int:
     return x * x
 
@@ -140,16 +155,7 @@ def test_function_result_and_exception(slurm: Any) -> None:
 
 
 def test_map_of_200_is_one_array_and_one_sbatch(slurm: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    from suanli.compute.slurm import backend as sb
-
-    calls: list[list[str]] = []
-    real_run = sb.SlurmBackend.run
-
-    def counting(self: Any, argv: list[str], what: str, input_text: str | None = None) -> Any:
-        calls.append(argv)
-        return real_run(self, argv, what, input_text)
-
-    monkeypatch.setattr(sb.SlurmBackend, "run", counting)
+    calls = record_slurm_calls(monkeypatch)
     arr = slurm.map(sq, range(200), time="5m")
     assert sum(1 for c in calls if c[0] == "sbatch") == 1
     assert arr.results(timeout=600) == [i * i for i in range(200)]
@@ -302,16 +308,7 @@ def test_checkpointable_function_requeues_on_usr2(slurm: Any, tmp_path: Path, sl
 
 
 def test_arrays_beyond_max_array_size_are_split_transparently(slurm: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    from suanli.compute.slurm import backend as sb
-
-    calls: list[list[str]] = []
-    real_run = sb.SlurmBackend.run
-
-    def counting(self: Any, argv: list[str], what: str, input_text: str | None = None) -> Any:
-        calls.append(argv)
-        return real_run(self, argv, what, input_text)
-
-    monkeypatch.setattr(sb.SlurmBackend, "run", counting)
+    calls = record_slurm_calls(monkeypatch)
     arr = slurm.map(sq, range(25), cluster="testslurm-small", time="5m")
     assert sum(1 for c in calls if c[0] == "sbatch") == 3
     assert len(arr.infos()[0].native_id.split(",")) == 3
