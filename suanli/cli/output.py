@@ -10,7 +10,9 @@ from typing import Any
 
 
 def print_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+    """Indented for a terminal; compact for a pipe (json's C encoder only runs without indent: 3x faster)."""
+    indent = 2 if sys.stdout.isatty() else None
+    sys.stdout.write(json.dumps(data, indent=indent, default=str) + "\n")
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
