@@ -10,7 +10,7 @@ PY="$VENV/bin/python"
 
 if [ "${SUANLI_SKIP_SLURM:-0}" != 1 ]; then
     SLURM_DIR=$(mktemp -d /tmp/suanli-slurm.XXXXXX)
-    trap 'bash tests/slurm/cluster.sh stop "$SLURM_DIR" >/dev/null 2>&1; rm -rf "$SLURM_DIR"' EXIT
+    trap 'bash tests/slurm/cluster.sh stop "$SLURM_DIR" >/dev/null 2>&1; rm -rf "$SLURM_DIR" "$SLURM_DIR.start.log"' EXIT
     if bash tests/slurm/cluster.sh start "$SLURM_DIR" > "$SLURM_DIR.start.log" 2>&1; then
         export SUANLI_TEST_SLURM_CONF="$SLURM_DIR/slurm.conf"
         echo "test.sh: Slurm test cluster up in $SLURM_DIR"
