@@ -120,6 +120,16 @@ def wait_releasing_requeued(job: Any, slurm_conf: str, timeout: float) -> JobSta
     raise TimeoutError(f"job {job.id} still running after {timeout} s")
 
 
+def usr2_once_started(job: Any, marker: Path, slurm_conf: str) -> None:
+    """Wait until the function wrote its marker, then send the batch shell the pre-timeout SIGUSR2."""
+    deadline = time.time() + 120
+    while not marker.exists():
+        assert time.time() < deadline, job.logs("stderr")
+        time.sleep(0.3)
+    env = dict(os.environ, SLURM_CONF=slurm_conf)
+    subprocess.run(["scancel", "--signal=USR2", "--batch", job.info().native_id], check=True, env=env)
+
+
 class Resumable:
     """Checkpointable in submitit's sense: on SIGUSR2 the job requeues itself with ``resumed=True``."""
 
@@ -296,12 +306,7 @@ def test_function_killed_by_the_limit_reports_no_result(slurm: Any) -> None:
 def test_checkpointable_function_requeues_on_usr2(slurm: Any, tmp_path: Path, slurm_conf: str) -> None:
     marker = tmp_path / "started"
     job = slurm.submit(Resumable(), str(marker), time="10m")
-    deadline = time.time() + 120
-    while not marker.exists():
-        assert time.time() < deadline, job.logs("stderr")
-        time.sleep(0.3)
-    env = dict(os.environ, SLURM_CONF=slurm_conf)
-    subprocess.run(["scancel", "--signal=USR2", "--batch", job.info().native_id], check=True, env=env)
+    usr2_once_started(job, marker, slurm_conf)
     assert wait_releasing_requeued(job, slurm_conf, 300) is JobState.COMPLETED, job.logs("stderr")
     assert job.result() == "resumed"
     assert job.info().restarts == 1
@@ -370,12 +375,7 @@ def test_submitit_checkpointable_callable_works_unchanged(slurm: Any, tmp_path: 
     pytest.importorskip("submitit")
     marker = tmp_path / "started"
     job = slurm.submit(SubmititResumable(), str(marker), time="10m")
-    deadline = time.time() + 120
-    while not marker.exists():
-        assert time.time() < deadline, job.logs("stderr")
-        time.sleep(0.3)
-    env = dict(os.environ, SLURM_CONF=slurm_conf)
-    subprocess.run(["scancel", "--signal=USR2", "--batch", job.info().native_id], check=True, env=env)
+    usr2_once_started(job, marker, slurm_conf)
     assert wait_releasing_requeued(job, slurm_conf, 300) is JobState.COMPLETED, job.logs("stderr")
     assert job.result() == "resumed via submitit"
 

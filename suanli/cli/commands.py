@@ -349,15 +349,9 @@ def cmd_hardware(args: argparse.Namespace) -> int:
 
 
 def _cpulist(cpus: list[int]) -> str:
-    parts: list[str] = []
-    i = 0
-    while i < len(cpus):
-        j = i
-        while j + 1 < len(cpus) and cpus[j + 1] == cpus[j] + 1:
-            j += 1
-        parts.append(str(cpus[i]) if i == j else f"{cpus[i]}-{cpus[j]}")
-        i = j + 1
-    return ",".join(parts) or "-"
+    from suanli.jobs.spec import compact_ranges
+
+    return compact_ranges(cpus) or "-"
 
 
 # ---------------------------------------------------------------- completion

@@ -73,6 +73,26 @@ class Plan:
             out.append(f"# {k}: {json.dumps(v, default=str)}")
         return "\n".join(out) + "\n"
 
+    def write_job_dir(self) -> Path:
+        """Create the job folder with the script and payload files; on failure leave no folder behind."""
+        import shutil
+
+        job_dir = Path(self.job_dir)
+        try:
+            job_dir.mkdir(parents=True, exist_ok=False)
+            for name, data in self.files.items():
+                (job_dir / name).write_bytes(data)
+            if self.script is not None:
+                script = job_dir / (self.script_name or "job.sh")
+                script.write_text(self.script)
+                script.chmod(0o755)
+        except OSError as exc:
+            shutil.rmtree(job_dir, ignore_errors=True)
+            from suanli.errors import BackendError
+
+            raise BackendError(f"{self.backend}: cannot write the job folder {job_dir}: {exc.strerror}") from None
+        return job_dir
+
     def to_json(self) -> dict[str, Any]:
         return {
             "job_id": self.job_id,

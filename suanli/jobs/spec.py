@@ -135,6 +135,19 @@ class MPI:
 Workload = Command | Function | Map | Training | MPI
 
 
+def compact_ranges(values: Sequence[int]) -> str:
+    """Sorted ints as ``0-3,7,9-10`` (Slurm's array and CPU-list notation)."""
+    parts: list[str] = []
+    i = 0
+    while i < len(values):
+        j = i
+        while j + 1 < len(values) and values[j + 1] == values[j] + 1:
+            j += 1
+        parts.append(str(values[i]) if i == j else f"{values[i]}-{values[j]}")
+        i = j + 1
+    return ",".join(parts)
+
+
 _ARRAY_PART = re.compile(r"^(\d+)(?:-(\d+)(?::(\d+))?)?$")
 
 
@@ -192,16 +205,7 @@ class Array:
 
     def compact(self) -> str:
         """The shortest Slurm-style text for these indices (with the ``%`` limit)."""
-        parts: list[str] = []
-        idx = self.indices
-        i = 0
-        while i < len(idx):
-            j = i
-            while j + 1 < len(idx) and idx[j + 1] == idx[j] + 1:
-                j += 1
-            parts.append(str(idx[i]) if i == j else f"{idx[i]}-{idx[j]}")
-            i = j + 1
-        text = ",".join(parts)
+        text = compact_ranges(self.indices)
         return f"{text}%{self.max_concurrent}" if self.max_concurrent else text
 
 

@@ -129,14 +129,8 @@ class LocalBackend(Backend):
                 raise BackendError("training needs torch in this Python environment: pip install 'suanli[torch]'")
             if need == "mpirun" and shutil.which("mpirun") is None:
                 raise BackendError("MPI jobs need mpirun on PATH: install Open MPI (apt-get install openmpi-bin)")
-        job_dir = Path(plan.job_dir)
+        job_dir = plan.write_job_dir()
         try:
-            job_dir.mkdir(parents=True, exist_ok=False)
-            for name, data in plan.files.items():
-                (job_dir / name).write_bytes(data)
-            assert plan.script is not None
-            (job_dir / "job.sh").write_text(plan.script)
-            (job_dir / "job.sh").chmod(0o755)
             launch = json.loads(plan.files["launch.json"])
             rn.write_json(job_dir / rn.STATE_FILE, {
                 "tasks": {k: {"state": "PENDING", "restarts": 0} for k in launch["tasks"]},

@@ -10,7 +10,6 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
-from pathlib import Path
 
 from suanli.compute import script as sh
 from suanli.compute.base import Backend, JobRef, NativeStatus, Plan, Submission, TaskKey
@@ -224,16 +223,7 @@ class SlurmBackend(Backend):
 
     # ------------------------------------------------------------ submit
     def submit(self, plan: Plan) -> str:
-        job_dir = Path(plan.job_dir)
-        try:
-            job_dir.mkdir(parents=True, exist_ok=False)
-            for name, data in plan.files.items():
-                (job_dir / name).write_bytes(data)
-            assert plan.script is not None
-            (job_dir / "job.sh").write_text(plan.script)
-        except OSError as exc:
-            shutil.rmtree(job_dir, ignore_errors=True)
-            raise BackendError(f"slurm: cannot write the job folder {job_dir}: {exc.strerror}") from None
+        job_dir = plan.write_job_dir()
         chunks = plan.details.get("layout", {}).get("chunks") or [[0, None]]
         submitted: list[str] = []
         try:
