@@ -26,5 +26,5 @@ PIP=("$VENV/bin/python" -m pip install --quiet --disable-pip-version-check)
 if ! "$VENV/bin/python" -c 'import torch' >/dev/null 2>&1; then
     "${PIP[@]}" torch==2.13.0
 fi
-"${PIP[@]}" -e ".[dev,mpi,torch,slurm]"
+"${PIP[@]}" -e ".[dev,mpi,torch,slurm,ray,dask,postgres,plot]"
 echo "install.sh: ready: $VENV"

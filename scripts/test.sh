@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh Debian machine: installs what it needs, starts a throwaway Slurm cluster
-# (tests/slurm/cluster.sh), runs pytest, then ruff and mypy, and stops the cluster again.
+# (tests/slurm/cluster.sh), a Ray head and a PostgreSQL server; runs pytest,
+# then ruff and mypy, and stops the services again.
 # Extra arguments go to pytest (bash scripts/test.sh -k local -x).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -8,17 +9,27 @@ VENV=${VENV:-.venv}
 bash scripts/install.sh "$VENV" >/dev/null || { echo "test.sh: install failed" >&2; exit 1; }
 PY="$VENV/bin/python"
 
-if [ "${SUANLI_SKIP_SLURM:-0}" != 1 ]; then
-    SLURM_DIR=$(mktemp -d /tmp/suanli-slurm.XXXXXX)
-    trap 'bash tests/slurm/cluster.sh stop "$SLURM_DIR" >/dev/null 2>&1; rm -rf "$SLURM_DIR" "$SLURM_DIR.start.log"' EXIT
-    if bash tests/slurm/cluster.sh start "$SLURM_DIR" > "$SLURM_DIR.start.log" 2>&1; then
-        export SUANLI_TEST_SLURM_CONF="$SLURM_DIR/slurm.conf"
-        echo "test.sh: Slurm test cluster up in $SLURM_DIR"
+# The services the tests talk to: Slurm (tests/slurm/cluster.sh), a Ray head (tests/ray/head.sh) and a PostgreSQL
+# server (tests/postgres/server.sh), each in its own folder, stopped on exit. SUANLI_SKIP_SLURM=1, SUANLI_SKIP_RAY=1,
+# SUANLI_SKIP_POSTGRES=1 leave one out.
+start_service() {  # NAME SCRIPT
+    local name=$1 script=$2 dir
+    dir=$(mktemp -d "/tmp/suanli-$name.XXXXXX")
+    CLEANUP+=("bash $script stop $dir >/dev/null 2>&1; rm -rf $dir $dir.start.log")
+    if bash "$script" start "$dir" > "$dir.start.log" 2>&1; then
+        # The start script writes the variables the tests need (NAME=VALUE lines) into DIR/env.
+        while IFS='=' read -r k v; do [ -n "$k" ] && export "$k=$v"; done < "$dir/env"
+        echo "test.sh: $name up in $dir"
     else
-        echo "test.sh: the Slurm test cluster did not start:" >&2
-        tail -n 30 "$SLURM_DIR.start.log" >&2
+        echo "test.sh: $name did not start:" >&2
+        tail -n 30 "$dir.start.log" >&2
     fi
-fi
+}
+CLEANUP=()
+trap 'for c in "${CLEANUP[@]}"; do eval "$c"; done' EXIT
+[ "${SUANLI_SKIP_SLURM:-0}" = 1 ] || start_service slurm tests/slurm/cluster.sh
+[ "${SUANLI_SKIP_RAY:-0}" = 1 ] || [ ! -f tests/ray/head.sh ] || start_service ray tests/ray/head.sh
+[ "${SUANLI_SKIP_POSTGRES:-0}" = 1 ] || [ ! -f tests/postgres/server.sh ] || start_service postgres tests/postgres/server.sh
 
 "$PY" -m pytest -p no:cacheprovider "$@"
 rc=$?

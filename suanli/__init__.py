@@ -15,6 +15,7 @@ __version__ = "0.1.0"
 
 if TYPE_CHECKING:  # explicit re-exports for type checkers; at run time __getattr__ loads them
     from suanli.api import Client
+    from suanli.compute.dask import Sweep as Sweep
     from suanli.errors import BackendError as BackendError
     from suanli.errors import ConfigError as ConfigError
     from suanli.errors import JobFailedError as JobFailedError
@@ -41,7 +42,7 @@ _JOB_NAMES = {
 }
 _ERROR_NAMES = {"SuanliError", "UsageError", "ConfigError", "QuotaExceeded", "BackendError", "JobFailedError"}
 
-__all__ = sorted(_JOB_NAMES | _ERROR_NAMES | {"submit", "map", "get_job", "cluster", "Cluster", "client"})
+__all__ = sorted(_JOB_NAMES | _ERROR_NAMES | {"submit", "map", "get_job", "cluster", "Cluster", "client", "Sweep"})
 
 
 def __getattr__(name: str) -> Any:
@@ -53,6 +54,10 @@ def __getattr__(name: str) -> Any:
         import suanli.errors as errors
 
         return getattr(errors, name)
+    if name == "Sweep":
+        from suanli.compute.dask import Sweep
+
+        return Sweep
     raise AttributeError(f"module 'suanli' has no attribute {name!r}")
 
 
@@ -80,9 +85,17 @@ def submit(target: Any, *args: Any, kwargs: Mapping[str, Any] | None = None, clu
 
 
 def map(fn: Callable[[Any], Any], items: Iterable[Any], *, cluster: str | None = None, engine: str | None = None,
-        **options: Any) -> JobArray:
-    """One array job with one task per item; ``.results()`` come back in input order."""
-    return client().map(fn, items, cluster=cluster, engine=engine, **options)
+        **options: Any) -> JobArray | Sweep:
+    """One array job with one task per item (``.results()`` in input order); ``engine="dask"`` runs the items
+    on dask-jobqueue pilot workers of a Slurm cluster and returns a finished ``Sweep``."""
+    c = client()
+    if engine == "dask":
+        return c.map(fn, items, cluster=cluster, engine="dask", **options)
+    if engine in (None, "array"):
+        return c.map(fn, items, cluster=cluster, engine="array", **options)
+    from suanli.errors import UsageError
+
+    raise UsageError(f"map: engine {engine!r} is not available; valid engines: array, dask")
 
 
 def get_job(job_id: str) -> Job | JobArray:
@@ -104,7 +117,7 @@ class Cluster:
         kw.setdefault("cluster", self.name)
         return submit(target, *args, **kw)
 
-    def map(self, fn: Callable[[Any], Any], items: Iterable[Any], **kw: Any) -> JobArray:
+    def map(self, fn: Callable[[Any], Any], items: Iterable[Any], **kw: Any) -> JobArray | Sweep:
         kw.setdefault("cluster", self.name)
         return map(fn, items, **kw)
 

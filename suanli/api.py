@@ -13,7 +13,7 @@ import secrets
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 from suanli.adapters import get_adapter
 from suanli.compute.base import Backend, DependencyRef, JobRef, Plan, Submission
@@ -25,6 +25,10 @@ from suanli.jobs.handle import Job, JobArray, JobController, Stream
 from suanli.jobs.record import JobInfo
 from suanli.jobs.resources import Resources
 from suanli.jobs.spec import MPI, Array, Command, Dependency, Function, JobSpec, Map, Training
+
+if TYPE_CHECKING:
+    from suanli.accounts import Accounts
+    from suanli.compute.dask.engine import Sweep
 
 _ID_ALPHABET = "abcdefghjkmnpqrstuvwxyz23456789"
 
@@ -118,6 +122,21 @@ class Client(JobController):
         self.store = store or Store()
         self._configs: Configs | None = None
         self._backends: dict[tuple[str, str], Backend] = {}
+        self._accounts: Accounts | None = None
+
+    @property
+    def accounts(self) -> Accounts:
+        """Quotas, the usage ledger and sync (created on first use: most status calls never need it)."""
+        if self._accounts is None:
+            from suanli.accounts import Accounts
+
+            self._accounts = Accounts(self)
+        return self._accounts
+
+    def close(self) -> None:
+        if self._accounts is not None:
+            self._accounts.close()
+        self.store.close()
 
     # ------------------------------------------------------------ configuration
     @property
@@ -196,20 +215,29 @@ class Client(JobController):
         row = JobRow(
             id=sub.job_id, name=s.display_name, cluster=sub.cluster.name, backend=sub.cluster.backend,
             native_id=None, kind=s.workload.kind, partition=s.partition, account=s.account, user=sub.user,
-            submitted_at=time.time(), job_dir=str(sub.job_dir),
+            submitted_at=time.time(), job_dir=plan.job_dir,
             meta={"resources": s.resources.to_dict(), "array": s.array.compact() if s.array else None,
                   "dependencies": [f"{d.kind}:{d.job_id}" for d in sub.dependencies],
                   "max_restarts": s.max_restarts, "qos": s.qos, "constraint": s.constraint,
                   "adapter": sub.adapter.name, "layout": plan.details.get("layout", {})},
             done=False,
         )
-        self.store.insert(row, sub.tasks, JobState.PENDING, "Submitting")
+        # The quota check reserves the worst case before anything reaches the scheduler (exit 3 if it does
+        # not fit); a refused submission gives the reservation back.
+        checks = self.accounts.admit(sub, self.accounts.estimate(sub))
+        try:
+            self.store.insert(row, sub.tasks, JobState.PENDING, "Submitting")
+        except BaseException:
+            self.accounts.abandoned(sub.job_id, checks)
+            raise
         try:
             native = backend.submit(plan)
         except BaseException:
             self.store.delete(sub.job_id)
+            self.accounts.abandoned(sub.job_id, checks)
             raise
         self.store.set_native_id(sub.job_id, native)
+        self.accounts.submitted(sub.job_id, native, checks)
         if s.array is not None:
             return JobArray(sub.job_id, self, list(s.array.indices))
         return Job(sub.job_id, self)
@@ -218,10 +246,26 @@ class Client(JobController):
                cluster: str | None = None, **options: Any) -> Job | JobArray:
         return self.submit_spec(build_spec(target, args, kwargs, **options), cluster)
 
+    @overload
     def map(self, fn: Callable[[Any], Any], items: Iterable[Any], *, cluster: str | None = None,
-            engine: str | None = None, max_concurrent: int | None = None, **options: Any) -> JobArray:
+            engine: Literal["dask"], max_concurrent: int | None = None, **options: Any) -> Sweep: ...
+
+    @overload
+    def map(self, fn: Callable[[Any], Any], items: Iterable[Any], *, cluster: str | None = None,
+            engine: Literal["array"] | None = None, max_concurrent: int | None = None,
+            **options: Any) -> JobArray: ...
+
+    def map(self, fn: Callable[[Any], Any], items: Iterable[Any], *, cluster: str | None = None,
+            engine: str | None = None, max_concurrent: int | None = None, **options: Any) -> JobArray | Sweep:
+        """One array job of ``fn(item)`` (engine ``array``, the default), or a dask-jobqueue sweep on a Slurm
+        cluster (engine ``dask``: pilot workers run many small tasks; it returns when the sweep is done). With
+        engine ``dask``, ``max_concurrent`` is the most pilot workers (default min(4, number of items))."""
+        if engine == "dask":
+            from suanli.compute.dask import run_map
+
+            return run_map(self, fn, items, cluster=cluster, max_workers=max_concurrent, **options)
         if engine not in (None, "array"):
-            raise UsageError(f"map: engine {engine!r} is not available; valid engines: array")
+            raise UsageError(f"map: engine {engine!r} is not available; valid engines: array, dask")
         workload = Map(fn, items)
         n = len(workload.items)
         array = Array(tuple(range(n)), max_concurrent)
@@ -258,6 +302,9 @@ class Client(JobController):
                 updates.append(TaskUpdate(job_id, task, st.state, st.reason, st.restarts, st.started_at,
                                           st.ended_at, st.exit_code, st.native_id))
         self.store.update_tasks(updates)
+        ended = [r for r in self.store.query(ids=[r.id for r in open_rows]) if r.done]
+        if ended:
+            self.accounts.finished(ended)
 
     def list_infos(self, rows: Sequence[JobRow], refresh: bool = True) -> list[JobInfo]:
         if refresh:

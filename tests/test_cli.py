@@ -192,7 +192,7 @@ def test_repository_cluster_configs_are_valid() -> None:
     assert {"phytium", "kunpeng", "ascend", "nvidia"} <= adapters
 
 
-def test_backend_not_yet_available_exits_4(home: Path, tmp_path: Path) -> None:
+def test_unreachable_ray_cluster_exits_4(home: Path, tmp_path: Path) -> None:
     cfg = tmp_path / "c.yaml"
     cfg.write_text("name: ai\nbackend: ray\nray: {address: 'http://127.0.0.1:9'}\npartitions:\n  - name: cpu\n")
     r = run_cli("--config", str(cfg), "submit", "--cluster", "ai", "--", "true")

@@ -12,7 +12,6 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,60 +22,6 @@ from suanli import MPI, JobSpec, JobState, Resources, Training
 from suanli.errors import BackendError, JobFailedError
 
 pytestmark = pytest.mark.slurm
-
-SLURM_CONF = os.environ.get("SUANLI_TEST_SLURM_CONF", "")
-
-
-@pytest.fixture(scope="session")
-def slurm_conf() -> str:
-    if not SLURM_CONF or not Path(SLURM_CONF).exists():
-        if os.environ.get("CI") == "true":
-            pytest.fail("no Slurm test cluster (SUANLI_TEST_SLURM_CONF): scripts/test.sh starts it; under CI this "
-                        "is a failure, not a skip")
-        pytest.skip("no Slurm test cluster; run scripts/test.sh, which starts one")
-    r = subprocess.run(["scontrol", "ping"], capture_output=True, text=True,
-                       env=dict(os.environ, SLURM_CONF=SLURM_CONF))
-    assert r.returncode == 0 and "UP" in r.stdout, r.stdout + r.stderr
-    return SLURM_CONF
-
-
-@pytest.fixture
-def slurm(home: Path, slurm_conf: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
-    """A Client whose default cluster is the test Slurm cluster."""
-    cfg = tmp_path / "clusters"
-    cfg.mkdir()
-    (cfg / "testslurm.yaml").write_text(
-        "name: testslurm\nbackend: slurm\ndefault_account: acct-a\n"
-        f"slurm: {{conf: {slurm_conf}, signal_seconds: 10}}\n"
-        "partitions:\n"
-        "  - {name: debug, adapter: cpu, nodes: 1, cpus_per_node: 8, memory_per_node: 7000M}\n"
-        "  - {name: ai, adapter: ascend, nodes: 1, cpus_per_node: 8, accelerators_per_node: 8, max_time: 2h,\n"
-        "     charge: {accelerator_hour: 1.5}}\n"
-    )
-    # A cluster whose MaxArraySize is taken to be 10, so arrays are split as on a site with a small limit.
-    (cfg / "testslurm-small.yaml").write_text(
-        f"name: testslurm-small\nbackend: slurm\ndefault_account: acct-a\n"
-        f"slurm: {{conf: {slurm_conf}, max_array_size: 10}}\n"
-        "partitions:\n  - {name: debug, nodes: 1, cpus_per_node: 8}\n"
-    )
-    # The same Slurm partition, seen through a config that launches MPI with mpirun instead of srun.
-    (cfg / "testslurm-mpirun.yaml").write_text(
-        f"name: testslurm-mpirun\nbackend: slurm\ndefault_account: acct-a\nslurm: {{conf: {slurm_conf}}}\n"
-        "partitions:\n  - {name: debug, nodes: 1, cpus_per_node: 8, mpi_launcher: mpirun}\n"
-    )
-    (cfg / "settings.yaml").write_text("default_cluster: testslurm\nstatus_poll_max_s: 2\n")
-    monkeypatch.setenv("SUANLI_CONFIG", str(cfg))
-    monkeypatch.setenv("SLURM_CONF", slurm_conf)
-    from suanli.api import Client
-
-    c = Client()
-    yield c
-    open_jobs = [r for r in c.store.query(only_open=True) if r.native_id]
-    if open_jobs:
-        ids = [n for r in open_jobs if r.native_id for n in r.native_id.split(",")]
-        subprocess.run(["scancel", *ids], capture_output=True)
-    c.store.close()
-
 
 def record_slurm_calls(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
     """Every Slurm command the backend runs, in order (the real commands still run)."""

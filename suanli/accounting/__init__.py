@@ -1,4 +1,6 @@
-"""Accounting of compute usage: what a job may cost before it runs (the ledger and quotas build on this)."""
+"""Accounting of compute usage: worst-case estimates, the usage ledger (SQLite or PostgreSQL), quotas and
+admission, and the sacct parser that feeds the ledger. Nothing here runs a scheduler command: the caller
+(``suanli.accounts``) does, and hands the text in."""
 
 from suanli.accounting.estimate import Estimate, worst_case
 

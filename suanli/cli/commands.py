@@ -67,19 +67,23 @@ def _spec_from_args(args: argparse.Namespace) -> Any:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    from suanli.accounting import worst_case
-
     client = _client(args)
     spec = _spec_from_args(args)
     if args.dry_run:
         plan, sub = client.plan(spec)
-        part = sub.partition
-        est = worst_case(sub.spec.resources, sub.spec.task_count, part.charge.cpu_hour, part.charge.accelerator_hour)
+        est = client.accounts.estimate(sub)
+        checks = client.accounts.admit(sub, est, reserve=False)  # a quota it would overrun: exit 3 here too
         if args.json:
-            print_json({"plan": plan.to_json(), "estimate": est.to_json()})
+            print_json({"plan": plan.to_json(), "estimate": est.to_json(),
+                        "quota": [{**c.to_json(), "remaining_after": c.remaining - c.need} for c in checks]})
         else:
             sys.stdout.write(plan.render())
-            sys.stdout.write(f"# may cost: {est.describe()}\n# dry run: nothing was submitted\n")
+            sys.stdout.write(f"# may cost: {est.describe()}\n")
+            for c in checks:
+                sys.stdout.write(f"# quota {c.quota.id} ({c.quota.scope()}, {c.window}): {c.label()} "
+                                 f"{c.remaining:.2f} of {c.limit:.2f} remain; {c.remaining - c.need:.2f} after this "
+                                 "job\n")
+            sys.stdout.write("# dry run: nothing was submitted\n")
         return 0
     handle = client.submit_spec(spec)
     job_id = handle.id

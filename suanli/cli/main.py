@@ -9,7 +9,8 @@ from collections.abc import Sequence
 
 from suanli.errors import SuanliError
 
-VERBS = ("submit", "status", "logs", "cancel", "wait", "clusters", "hardware", "completion")
+VERBS = ("submit", "status", "logs", "cancel", "wait", "clusters", "hardware", "usage", "quota", "accounting",
+         "ray", "completion")
 
 EXIT_CODES = """exit codes: 0 success; 1 a waited job did not complete; 2 usage or validation error (nothing
 reached a backend); 3 refused by a quota; 4 the backend refused or could not be reached"""
@@ -99,6 +100,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--partition-entry", metavar="NAME", help="print a cluster_configs/ partition item instead")
     p.add_argument("--json", action="store_true")
 
+    from suanli.cli import accounting_cmd, ray_cmd
+
+    accounting_cmd.register(sub, common)
+    ray_cmd.register(sub, common)
+
     p = sub.add_parser("completion", parents=[common], help="print a shell completion script")
     p.add_argument("shell", choices=("bash", "zsh"))
     return parser
@@ -114,7 +120,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     from suanli.cli import commands
 
-    handler = getattr(commands, "cmd_" + args.verb)
+    if args.verb in ("usage", "quota", "accounting"):
+        from suanli.cli import accounting_cmd
+
+        handler = getattr(accounting_cmd, "cmd_" + args.verb)
+    elif args.verb == "ray":
+        from suanli.cli import ray_cmd
+
+        handler = ray_cmd.cmd_ray
+    else:
+        handler = getattr(commands, "cmd_" + args.verb)
     try:
         code: int = handler(args)
         return code

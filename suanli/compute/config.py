@@ -33,7 +33,7 @@ PARTITION_KEYS = (
 CHARGE_KEYS = ("cpu_hour", "accelerator_hour")
 BACKEND_SECTION_KEYS: dict[str, tuple[str, ...]] = {
     "slurm": ("conf", "signal_seconds", "job_root", "max_array_size"),
-    "ray": ("address", "job_root"),
+    "ray": ("address", "job_root", "python"),
 }
 SETTINGS_KEYS = ("ledger", "on_ledger_error", "status_poll_max_s", "default_cluster")
 

@@ -14,9 +14,10 @@ if TYPE_CHECKING:
 BUILTIN = {
     "local": "suanli.compute.local:LocalBackend",
     "slurm": "suanli.compute.slurm:SlurmBackend",
+    "ray": "suanli.compute.ray:RayBackend",
 }
 #: Backends whose module ships in a later release; named so configs that use them validate.
-PLANNED = ("slurm", "ray")
+PLANNED: tuple[str, ...] = ()
 ENTRY_POINT_GROUP = "suanli.backends"
 
 

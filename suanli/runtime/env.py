@@ -1,7 +1,8 @@
 """Where am I inside a job? Rank, world size and rendezvous, whichever launcher started this process.
 
-Knows torchrun, Slurm (``srun``), Open MPI / PMIx (``mpirun``), and suanli's own variables, so one training
-script runs unchanged under the local backend, Slurm and Ray.
+Knows torchrun, Slurm (``srun``), Open MPI / PMIx (``mpirun``), Ray (suanli's Ray driver sets torchrun's
+variables plus ``SUANLI_LAUNCHER=ray``; any other process of a Ray job is one rank), and suanli's own variables,
+so one training script runs unchanged under the local backend, Slurm and Ray.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ class Environment:
     master_port: int
     job_id: str | None
     adapter: str
-    launcher: str  # torchrun | slurm | mpirun | single
+    launcher: str  # torchrun | slurm | mpirun | ray | single
 
     @property
     def is_distributed(self) -> bool:
@@ -47,7 +48,7 @@ def environment(env: dict[str, str] | None = None) -> Environment:
     job_id = e.get("SUANLI_JOB_ID") or e.get("SLURM_JOB_ID")
     adapter = e.get("SUANLI_ADAPTER", "cpu")
     if "RANK" in e and "WORLD_SIZE" in e and "LOCAL_RANK" in e:
-        launcher = "torchrun"
+        launcher = "ray" if e.get("SUANLI_LAUNCHER") == "ray" else "torchrun"
         rank, world = _int(e, "RANK"), _int(e, "WORLD_SIZE", default=1)
         local_rank = _int(e, "LOCAL_RANK")
         local_world = _int(e, "LOCAL_WORLD_SIZE", default=world)
@@ -66,7 +67,9 @@ def environment(env: dict[str, str] | None = None) -> Environment:
         local_world = _int(e, "OMPI_COMM_WORLD_LOCAL_SIZE", "PMIX_LOCAL_SIZE", default=world)
         node_rank = _int(e, "OMPI_COMM_WORLD_NODE_RANK", default=rank // max(1, local_world))
     else:
-        launcher, rank, world, local_rank, local_world, node_rank = "single", 0, 1, 0, 1, 0
+        # A Ray job's entrypoint has RAY_JOB_CONFIG_JSON_ENV_VAR; its task workers get suanli's SUANLI_BACKEND.
+        in_ray = e.get("SUANLI_BACKEND") == "ray" or "RAY_JOB_CONFIG_JSON_ENV_VAR" in e
+        launcher, rank, world, local_rank, local_world, node_rank = "ray" if in_ray else "single", 0, 1, 0, 1, 0
     return Environment(
         rank=rank, local_rank=local_rank, world_size=world, local_world_size=local_world, node_rank=node_rank,
         master_addr=e.get("MASTER_ADDR", "127.0.0.1"), master_port=_int(e, "MASTER_PORT", default=29500),

@@ -319,6 +319,8 @@ EOF
 # Source this file to use the test cluster in ${DIR}.
 export SLURM_CONF=${SLURM_CONF_FILE}
 EOF
+    # NAME=VALUE lines that scripts/test.sh exports for the tests.
+    printf 'SUANLI_TEST_SLURM_CONF=%s\n' "${SLURM_CONF_FILE}" >"${DIR}/env"
 }
 
 # ---------------------------------------------------------------- daemons

@@ -1,0 +1,349 @@
+"""The ledger's storage: one SQLite file (default) or a PostgreSQL database, with versioned migrations.
+
+Both speak the same SQL through :class:`Database`; the few differences (placeholders, row locks, bulk
+loads, row-level security) live here. Every failure becomes a one-line :class:`LedgerError` that names the
+ledger and the fix; psycopg is imported only when a PostgreSQL URL is used.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sqlite3
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from suanli.errors import SuanliError
+
+log = logging.getLogger("suanli")
+
+
+class LedgerError(SuanliError):
+    """The ledger cannot be read or written (unreachable, locked, corrupt): exit code 4."""
+
+    exit_code = 4
+
+
+class LedgerPermissionError(SuanliError):
+    """The ledger refused this user (in PostgreSQL mode the database enforces who may change what)."""
+
+    exit_code = 2
+
+
+SCHEMA_VERSION = 1
+USER_ROLE = "suanli_user"
+
+_TABLES = """
+CREATE TABLE usage_records (
+    record_id TEXT PRIMARY KEY,
+    cluster TEXT NOT NULL, backend TEXT NOT NULL, native_id TEXT, job_id TEXT, array_task INTEGER,
+    attempt INTEGER NOT NULL, user_name TEXT, account TEXT, partition_name TEXT, adapter TEXT,
+    accelerator_kind TEXT, nodes INTEGER NOT NULL, cpus INTEGER NOT NULL, accelerators INTEGER NOT NULL,
+    submit_time @REAL@, start_time @REAL@, end_time @REAL@, elapsed_s @REAL@ NOT NULL, state TEXT NOT NULL,
+    cpu_seconds @REAL@ NOT NULL, accelerator_seconds @REAL@ NOT NULL, charge @REAL@ NOT NULL,
+    total_cpu_s @REAL@, source TEXT NOT NULL, day TEXT, month TEXT, recorded_at @REAL@ NOT NULL
+);
+CREATE INDEX usage_by_account ON usage_records (account, end_time);
+CREATE INDEX usage_by_month ON usage_records (month, account, cpu_seconds, accelerator_seconds, charge);
+CREATE INDEX usage_by_cluster ON usage_records (cluster, end_time);
+CREATE INDEX usage_by_job ON usage_records (job_id);
+CREATE TABLE quotas (
+    id @SERIAL@,
+    account TEXT NOT NULL, user_name TEXT, cluster TEXT, period TEXT NOT NULL,
+    start_date TEXT, end_date TEXT, cpu_hours @REAL@, accelerator_hours TEXT NOT NULL DEFAULT '{}',
+    charge @REAL@, created_by TEXT, created_at @REAL@ NOT NULL
+);
+CREATE TABLE reservations (
+    job_id TEXT PRIMARY KEY,
+    cluster TEXT NOT NULL, native_id TEXT, account TEXT, user_name TEXT, accelerator_kind TEXT,
+    cpu_seconds @REAL@ NOT NULL, accelerator_seconds @REAL@ NOT NULL, charge @REAL@ NOT NULL,
+    created_at @REAL@ NOT NULL
+);
+CREATE INDEX reservations_by_account ON reservations (account);
+CREATE TABLE sync_marks (
+    cluster TEXT NOT NULL, scope TEXT NOT NULL, mark @REAL@ NOT NULL, PRIMARY KEY (cluster, scope)
+);
+"""
+
+# PostgreSQL only: the admin role that runs the migration owns the tables; members of suanli_user may read
+# everything (quota checks sum the whole account) but write only their own usage, reservations and marks.
+_PG_SECURITY = f"""
+DO $$ BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{USER_ROLE}') THEN CREATE ROLE {USER_ROLE} NOLOGIN;
+    END IF;
+END $$;
+GRANT SELECT ON usage_records, quotas, reservations, sync_marks, suanli_schema TO {USER_ROLE};
+GRANT INSERT, UPDATE, DELETE ON usage_records, reservations TO {USER_ROLE};
+GRANT INSERT, UPDATE ON sync_marks TO {USER_ROLE};
+ALTER TABLE usage_records ENABLE ROW LEVEL SECURITY;
+ALTER TABLE reservations ENABLE ROW LEVEL SECURITY;
+ALTER TABLE sync_marks ENABLE ROW LEVEL SECURITY;
+CREATE POLICY read_all ON usage_records FOR SELECT USING (true);
+CREATE POLICY own_rows ON usage_records FOR ALL TO {USER_ROLE}
+    USING (user_name = current_user) WITH CHECK (user_name = current_user);
+CREATE POLICY read_all ON reservations FOR SELECT USING (true);
+CREATE POLICY own_rows ON reservations FOR ALL TO {USER_ROLE}
+    USING (user_name = current_user) WITH CHECK (user_name = current_user);
+CREATE POLICY read_all ON sync_marks FOR SELECT USING (true);
+CREATE POLICY own_rows ON sync_marks FOR ALL TO {USER_ROLE}
+    USING (scope = current_user) WITH CHECK (scope = current_user);
+"""
+
+
+def migrations(dialect: str) -> dict[int, str]:
+    real = "DOUBLE PRECISION" if dialect == "postgresql" else "REAL"
+    serial = ("BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY" if dialect == "postgresql"
+              else "INTEGER PRIMARY KEY AUTOINCREMENT")
+    v1 = _TABLES.replace("@REAL@", real).replace("@SERIAL@", serial)
+    if dialect == "postgresql":
+        v1 += _PG_SECURITY
+    return {1: v1}
+
+
+def redact(url: str) -> str:
+    """The URL without its password, for messages."""
+    parts = urlsplit(url)
+    if parts.password:
+        host = parts.hostname or ""
+        netloc = f"{parts.username}:***@{host}" + (f":{parts.port}" if parts.port else "")
+        return urlunsplit(parts._replace(netloc=netloc))
+    return url
+
+
+class Database:
+    """One connection, opened lazily; ``transaction()`` is the only way to read or write."""
+
+    def __init__(self, url: str | None, default_path: Path, lock_wait_s: float = 10.0) -> None:
+        self.url = url
+        self.lock_wait_s = lock_wait_s
+        if url is None or url.startswith("sqlite:"):
+            self.dialect = "sqlite"
+            if url is not None and not url.startswith("sqlite:///"):
+                raise LedgerError(f"ledger: {url!r}: a SQLite ledger URL is sqlite:///ABSOLUTE/PATH")
+            self.path = Path(url[len("sqlite://"):]) if url else default_path
+            self.where = str(self.path)
+        elif url.startswith(("postgresql://", "postgres://")):
+            self.dialect = "postgresql"
+            self.path = default_path
+            self.where = redact(url)
+        else:
+            raise LedgerError(f"ledger: {redact(url)!r} is not a ledger URL; use postgresql://USER@HOST:PORT/DB "
+                              "or sqlite:///PATH (settings.yaml `ledger:` or $SUANLI_LEDGER_URL)")
+        self._conn: Any = None
+        self._user: str | None = None
+
+    @property
+    def exists(self) -> bool:
+        """False for a SQLite ledger never written: no quotas can exist, so admission has nothing to check."""
+        return self.dialect != "sqlite" or self.path.exists()
+
+    # ------------------------------------------------------------ connection
+    def connect(self) -> Any:
+        if self._conn is not None:
+            return self._conn
+        if self.dialect == "sqlite":
+            self._conn = self._connect_sqlite()
+        else:
+            self._conn = self._connect_pg()
+        self._migrate()
+        return self._conn
+
+    def _connect_sqlite(self) -> sqlite3.Connection:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(self.path, timeout=self.lock_wait_s, isolation_level=None,
+                                   check_same_thread=False)
+            conn.execute(f"PRAGMA busy_timeout = {int(self.lock_wait_s * 1000)}")
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = NORMAL")
+        except sqlite3.Error as exc:
+            raise self._sqlite_error(exc) from None
+        except OSError as exc:
+            raise LedgerError(f"ledger {self.where}: cannot open it: {exc.strerror}") from None
+        return conn
+
+    def _connect_pg(self) -> Any:
+        try:
+            import psycopg
+        except ImportError:
+            raise LedgerError("ledger: a PostgreSQL ledger needs psycopg; pip install 'suanli[postgres]'") from None
+        assert self.url is not None
+        try:
+            return psycopg.connect(self.url, connect_timeout=5, autocommit=True)
+        except psycopg.Error as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise LedgerError(f"ledger {self.where}: cannot connect: {first}; check the URL and that the server "
+                              "runs") from None
+
+    @property
+    def user(self) -> str | None:
+        """The database role in PostgreSQL mode (row-level security keys on it); None for SQLite."""
+        if self.dialect != "postgresql":
+            return None
+        if self._user is None:
+            with self.transaction() as tx:
+                self._user = str(tx.one("SELECT current_user")[0])
+        return self._user
+
+    def close(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            finally:
+                self._conn = None
+
+    # ------------------------------------------------------------ migrations
+    def _version(self, tx: Tx) -> int:
+        if self.dialect == "sqlite":
+            found = tx.one("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'suanli_schema'")
+        else:
+            found = tx.one("SELECT to_regclass('suanli_schema')")
+            found = found if found and found[0] is not None else None
+        if not found:
+            return 0
+        row = tx.one("SELECT MAX(version) FROM suanli_schema")
+        return int(row[0]) if row and row[0] is not None else 0
+
+    def _migrate(self) -> None:
+        """Bring the schema up to date. An ordinary PostgreSQL role may not create tables: it only reads the
+        version, and a ledger its admin has not set up yet gives a clear error."""
+        with self.transaction() as tx:
+            if self._version(tx) == SCHEMA_VERSION:
+                return
+        with self.transaction(lock="suanli-schema") as tx:
+            tx.execute("CREATE TABLE IF NOT EXISTS suanli_schema (version INTEGER NOT NULL)")
+            version = self._version(tx)
+            if version > SCHEMA_VERSION:
+                raise LedgerError(f"ledger {self.where}: schema version {version} is newer than this suanli "
+                                  f"({SCHEMA_VERSION}); upgrade suanli")
+            for v, script in sorted(migrations(self.dialect).items()):
+                if v <= version:
+                    continue
+                for statement in _statements(script):
+                    tx.execute(statement)
+                tx.execute("INSERT INTO suanli_schema (version) VALUES (?)", (v,))
+                log.debug("ledger %s: migrated to schema version %d", self.where, v)
+
+    # ------------------------------------------------------------ transactions
+    @contextmanager
+    def transaction(self, lock: str | None = None) -> Iterator[Tx]:
+        """One atomic unit. ``lock`` serialises transactions that share the key: SQLite takes the write lock
+        at BEGIN (IMMEDIATE), PostgreSQL an advisory transaction lock (any role may take one, unlike a row
+        lock on the quota table, which would need UPDATE on it)."""
+        conn = self._conn if self._conn is not None else self.connect()
+        if self.dialect == "sqlite":
+            yield from self._sqlite_tx(conn, lock)
+        else:
+            yield from self._pg_tx(conn, lock)
+
+    def _sqlite_tx(self, conn: sqlite3.Connection, lock: str | None) -> Iterator[Tx]:
+        deadline = time.monotonic() + self.lock_wait_s
+        while True:
+            try:
+                conn.execute("BEGIN IMMEDIATE" if lock else "BEGIN")
+                break
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() >= deadline:
+                    raise self._sqlite_error(exc) from None
+                time.sleep(0.05)
+        try:
+            yield Tx(conn.cursor(), "sqlite")
+            conn.execute("COMMIT")
+        except BaseException as exc:
+            try:
+                conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+            if isinstance(exc, sqlite3.Error):
+                raise self._sqlite_error(exc) from None
+            raise
+
+    def _pg_tx(self, conn: Any, lock: str | None) -> Iterator[Tx]:
+        import psycopg
+
+        try:
+            with conn.transaction(), conn.cursor() as cur:
+                if lock:
+                    cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (lock,))
+                yield Tx(cur, "postgresql")
+        except psycopg.errors.InsufficientPrivilege as exc:
+            role = self._user or urlsplit(self.url or "").username or "this role"
+            raise LedgerPermissionError(f"ledger {self.where}: role {role} may not do this "
+                                        f"({_first_line(exc)})") from None
+        except psycopg.OperationalError as exc:
+            self.close()
+            raise LedgerError(f"ledger {self.where}: lost the connection: {_first_line(exc)}") from None
+        except psycopg.Error as exc:
+            raise LedgerError(f"ledger {self.where}: {_first_line(exc)}") from None
+
+    def _sqlite_error(self, exc: sqlite3.Error) -> LedgerError:
+        text = str(exc)
+        if "locked" in text or "busy" in text:
+            return LedgerError(f"ledger {self.where}: locked by another process for {self.lock_wait_s:.0f} s; "
+                               "retry, or look for a hung suanli process")
+        if "not a database" in text or "malformed" in text or "corrupt" in text:
+            return LedgerError(f"ledger {self.where}: the file is corrupt or not a SQLite database; move it "
+                               "away (a new one is created) or restore a backup")
+        if "readonly" in text or "unable to open" in text:
+            return LedgerError(f"ledger {self.where}: cannot write it ({text}); check its permissions")
+        return LedgerError(f"ledger {self.where}: {text}")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _statements(script: str) -> list[str]:
+    """Split a migration into statements; a DO $$ ... $$ block stays whole."""
+    out: list[str] = []
+    buf: list[str] = []
+    in_block = False
+    for line in script.splitlines():
+        if not line.strip() and not buf:
+            continue
+        buf.append(line)
+        if line.count("$$") % 2 == 1:
+            in_block = not in_block
+        if not in_block and line.rstrip().endswith(";"):
+            out.append("\n".join(buf).strip().rstrip(";"))
+            buf = []
+    if "".join(buf).strip():
+        out.append("\n".join(buf).strip())
+    return out
+
+
+_QMARK = re.compile(r"\?")
+
+
+class Tx:
+    """A cursor that takes ``?`` placeholders on both databases."""
+
+    def __init__(self, cur: Any, dialect: str) -> None:
+        self.cur = cur
+        self.dialect = dialect
+
+    def _sql(self, sql: str) -> str:
+        return sql if self.dialect == "sqlite" else _QMARK.sub("%s", sql)
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        return self.cur.execute(self._sql(sql), tuple(params))
+
+    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        self.cur.executemany(self._sql(sql), rows)
+
+    def one(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        self.execute(sql, params)
+        return self.cur.fetchone()
+
+    def all(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        self.execute(sql, params)
+        return list(self.cur.fetchall())
+
+    @property
+    def rowcount(self) -> int:
+        return int(self.cur.rowcount)

@@ -1,0 +1,386 @@
+"""The ledger: usage records, quotas, reservations and sync marks, on SQLite or PostgreSQL.
+
+Admission is one transaction that reads the quotas that apply, sums what was used in the quota's window and
+what running jobs have reserved, and inserts the new job's worst case as a reservation; a per-account lock
+makes two submitters racing for the last hours of a quota take turns. When the job ends its reservation is
+deleted in the same transaction that books its real usage.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from suanli.accounting.db import Database, Tx
+from suanli.accounting.estimate import Estimate
+from suanli.accounting.quota import QUOTA_COLUMNS, Quota
+from suanli.accounting.records import COLUMNS, UsageRecord
+from suanli.errors import QuotaExceeded, UsageError
+
+BATCH = 5000
+_UPSERT = (
+    f"INSERT INTO usage_records ({', '.join(COLUMNS)}, recorded_at) VALUES ({', '.join('?' * (len(COLUMNS) + 1))}) "
+    "ON CONFLICT (record_id) DO UPDATE SET "
+    + ", ".join(
+        f"{c} = COALESCE(excluded.{c}, usage_records.{c})" if c == "job_id" else f"{c} = excluded.{c}"
+        for c in (*COLUMNS[1:], "recorded_at")
+    )
+)
+#: --by keys of `suanli usage` and the column each groups on.
+REPORT_KEYS = {
+    "account": "account", "user": "user_name", "partition": "partition_name", "accelerator": "accelerator_kind",
+    "cluster": "cluster", "day": "day", "month": "month", "job": "native_id",
+}
+RESOURCE_NAMES = {"cpu_hours": "cpu-hours", "accelerator_hours": "accelerator-hours", "charge": "charge units"}
+
+
+@dataclass(frozen=True)
+class Check:
+    """One limit of one quota as admission saw it (hours, or charge units)."""
+
+    quota: Quota
+    window: str
+    resource: str
+    kind: str | None
+    limit: float
+    used: float
+    reserved: float
+    need: float
+
+    @property
+    def remaining(self) -> float:
+        return self.limit - self.used - self.reserved
+
+    @property
+    def fits(self) -> bool:
+        return self.need <= self.remaining + 1e-9
+
+    def label(self) -> str:
+        return f"{self.kind} accelerator-hours" if self.kind else RESOURCE_NAMES[self.resource]
+
+    def to_json(self) -> dict[str, Any]:
+        q = self.quota
+        return {"quota_id": q.id, "account": q.account, "user": q.user, "cluster": q.cluster, "period": q.period,
+                "window": self.window, "resource": self.resource, "accelerator_kind": self.kind,
+                "limit": self.limit, "used": self.used, "reserved": self.reserved,
+                "remaining": self.remaining, "need": self.need}
+
+
+class Ledger:
+    def __init__(self, url: str | None, home: Path, lock_wait_s: float = 10.0) -> None:
+        self.db = Database(url, home / "ledger.db", lock_wait_s)
+
+    @property
+    def where(self) -> str:
+        return self.db.where
+
+    def close(self) -> None:
+        self.db.close()
+
+    # ------------------------------------------------------------ usage
+    def record(self, records: Iterable[UsageRecord], release_jobs: Sequence[str] = (),
+               release_native: tuple[str, Sequence[str]] | None = None, batch: int = BATCH) -> int:
+        """Upsert records in batches (each batch one transaction, so a killed sync loses nothing it
+        committed and a rerun rewrites the same rows); reservations are released with the last batch."""
+        # Parsing (the records iterator) runs in a thread while this one writes: the database works with
+        # the GIL released, so the two overlap. The queue is short, so memory stays a few batches.
+        batches: queue.Queue[list[tuple[object, ...]] | None] = queue.Queue(maxsize=3)
+        stop = threading.Event()
+        failure: list[BaseException] = []
+
+        def put(item: list[tuple[object, ...]] | None) -> bool:
+            while not stop.is_set():
+                try:
+                    batches.put(item, timeout=0.1)
+                    return True
+                except queue.Full:
+                    continue
+            return False
+
+        def produce() -> None:
+            try:
+                now = time.time()
+                buf: list[tuple[object, ...]] = []
+                for rec in records:
+                    buf.append((*rec.row(), now))
+                    if len(buf) >= batch:
+                        if not put(buf):
+                            return
+                        buf = []
+                put(buf)
+            except BaseException as exc:
+                failure.append(exc)
+            finally:
+                put(None)
+
+        producer = threading.Thread(target=produce, name="suanli-ledger-parse", daemon=True)
+        producer.start()
+        n = 0
+        try:
+            while (item := batches.get()) is not None:
+                if item:
+                    with self.db.transaction() as tx:
+                        self._upsert(tx, item)
+                    n += len(item)
+        finally:
+            stop.set()
+            producer.join()
+        if failure:
+            raise failure[0]
+        with self.db.transaction() as tx:
+            self._release(tx, release_jobs, release_native)
+        return n
+
+    @staticmethod
+    def _upsert(tx: Tx, rows: list[tuple[object, ...]]) -> None:
+        if tx.dialect == "sqlite":
+            tx.executemany(_UPSERT, rows)
+            return
+        # PostgreSQL: COPY into a session table, then one INSERT ... ON CONFLICT (5x executemany's rate).
+        cols = ", ".join((*COLUMNS, "recorded_at"))
+        tx.execute("CREATE TEMP TABLE IF NOT EXISTS usage_stage (LIKE usage_records) ON COMMIT DELETE ROWS")
+        with tx.cur.copy(f"COPY usage_stage ({cols}) FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row(row)
+        updates = ", ".join(
+            f"{c} = COALESCE(excluded.{c}, usage_records.{c})" if c == "job_id" else f"{c} = excluded.{c}"
+            for c in (*COLUMNS[1:], "recorded_at"))
+        tx.execute(f"INSERT INTO usage_records ({cols}) SELECT DISTINCT ON (record_id) {cols} FROM usage_stage "
+                   f"ORDER BY record_id, recorded_at DESC ON CONFLICT (record_id) DO UPDATE SET {updates}")
+
+    def release(self, job_ids: Sequence[str] = (), native: tuple[str, Sequence[str]] | None = None) -> None:
+        with self.db.transaction() as tx:
+            self._release(tx, job_ids, native)
+
+    @staticmethod
+    def _release(tx: Tx, job_ids: Sequence[str], native: tuple[str, Sequence[str]] | None) -> None:
+        for i in range(0, len(job_ids), 500):
+            chunk = list(job_ids[i:i + 500])
+            tx.execute(f"DELETE FROM reservations WHERE job_id IN ({', '.join('?' * len(chunk))})", chunk)
+        if native and native[1]:
+            ids = list(native[1])
+            for i in range(0, len(ids), 500):
+                chunk = ids[i:i + 500]
+                tx.execute(f"DELETE FROM reservations WHERE cluster = ? AND native_id IN "
+                           f"({', '.join('?' * len(chunk))})", [native[0], *chunk])
+
+    def reservations(self) -> list[dict[str, Any]]:
+        with self.db.transaction() as tx:
+            rows = tx.all("SELECT job_id, cluster, native_id, account, user_name, cpu_seconds, accelerator_seconds,"
+                          " charge FROM reservations ORDER BY created_at")
+        keys = ("job_id", "cluster", "native_id", "account", "user", "cpu_seconds", "accelerator_seconds", "charge")
+        return [dict(zip(keys, r, strict=True)) for r in rows]
+
+    def totals(self, cluster: str | None = None) -> dict[str, float]:
+        """Sums over every record (what idempotence tests and admins compare)."""
+        where, params = ("WHERE cluster = ?", [cluster]) if cluster else ("", [])
+        with self.db.transaction() as tx:
+            r = tx.one(f"SELECT COUNT(*), COALESCE(SUM(cpu_seconds), 0), COALESCE(SUM(accelerator_seconds), 0), "
+                       f"COALESCE(SUM(charge), 0) FROM usage_records {where}", params)
+        # Rounded to 1e-6 only because a database may add floats in any order.
+        return {"records": int(r[0]), "cpu_seconds": round(float(r[1]), 6),
+                "accelerator_seconds": round(float(r[2]), 6), "charge": round(float(r[3]), 6)}
+
+    # ------------------------------------------------------------ sync marks
+    def mark(self, cluster: str, scope: str) -> float | None:
+        with self.db.transaction() as tx:
+            r = tx.one("SELECT mark FROM sync_marks WHERE cluster = ? AND scope = ?", (cluster, scope))
+        return None if r is None else float(r[0])
+
+    def set_mark(self, cluster: str, scope: str, mark: float) -> None:
+        with self.db.transaction() as tx:
+            tx.execute("INSERT INTO sync_marks (cluster, scope, mark) VALUES (?, ?, ?) ON CONFLICT (cluster, scope) "
+                       "DO UPDATE SET mark = excluded.mark", (cluster, scope, mark))
+
+    # ------------------------------------------------------------ quotas
+    def quotas(self, account: str | None = None) -> list[Quota]:
+        with self.db.transaction() as tx:
+            return self._quotas(tx, account)
+
+    @staticmethod
+    def _quotas(tx: Tx, account: str | None) -> list[Quota]:
+        where, params = ("WHERE account = ?", [account]) if account else ("", [])
+        rows = tx.all(f"SELECT {QUOTA_COLUMNS} FROM quotas {where} ORDER BY account, user_name, cluster, id", params)
+        return [Quota.from_row(tuple(r)) for r in rows]
+
+    def set_quota(self, q: Quota, who: str | None) -> Quota:
+        """Create, or update the limits of the quota with the same scope and dates; refuse an overlap."""
+        with self.db.transaction(lock="quota:" + q.account) as tx:
+            same = None
+            for old in self._quotas(tx, q.account):
+                if not q.overlaps(old):
+                    continue
+                if (old.period, old.start, old.end) == (q.period, q.start, q.end):
+                    same = old
+                    continue
+                raise UsageError(f"quota: overlaps quota {old.id} of {old.scope()} ({old.period}, "
+                                 f"{old.start or 'no start'}..{old.end or 'no end'}); remove it first "
+                                 f"(suanli quota rm --id {old.id}) or choose dates that do not overlap")
+            if same is not None:
+                tx.execute("UPDATE quotas SET cpu_hours = ?, accelerator_hours = ?, charge = ? WHERE id = ?",
+                           (q.cpu_hours, q.row()[7], q.charge, same.id))
+                qid = same.id
+            else:
+                tx.execute("INSERT INTO quotas (account, user_name, cluster, period, start_date, end_date, "
+                           "cpu_hours, accelerator_hours, charge, created_by, created_at) "
+                           "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                           (*q.row(), who, time.time()))
+                r = tx.one("SELECT MAX(id) FROM quotas WHERE account = ?", (q.account,))
+                qid = int(r[0])
+        return Quota(**{**q.__dict__, "id": qid})
+
+    def remove_quotas(self, *, quota_id: int | None = None, account: str | None = None, user: str | None = None,
+                      cluster: str | None = None) -> int:
+        if quota_id is None and not account:
+            raise UsageError("quota rm: give --id N, or --account A (with --user/--cluster to narrow it)")
+        clauses: list[str] = []
+        params: list[object] = []
+        for col, value in (("id", quota_id), ("account", account), ("user_name", user), ("cluster", cluster)):
+            if value is not None:
+                clauses.append(f"{col} = ?")
+                params.append(value)
+        with self.db.transaction(lock="quota:" + (account or "")) as tx:
+            tx.execute(f"DELETE FROM quotas WHERE {' AND '.join(clauses)}", params)
+            return tx.rowcount
+
+    # ------------------------------------------------------------ admission
+    def checks(self, tx: Tx, account: str | None, user: str | None, cluster: str, est: Estimate | None,
+               now: float | None = None, only: Quota | None = None) -> list[Check]:
+        """Every limit of every quota in force for this scope, with what is used and reserved in its window."""
+        if not account:
+            return []
+        quotas = [only] if only else [q for q in self._quotas(tx, account)
+                                      if (q.user is None or q.user == user) and (q.cluster in (None, cluster))]
+        out: list[Check] = []
+        for q in quotas:
+            win = q.window(now)
+            if win is None:
+                continue
+            label, lo, hi = win
+            used = self._sums(tx, "usage_records", q, lo, hi)
+            reserved = self._sums(tx, "reservations", q, None, None)
+            for resource, kind, limit in q.limits():
+                need = 0.0
+                if est is not None and est.hours is not None:
+                    if resource == "cpu_hours":
+                        need = est.cpu_hours or 0.0
+                    elif resource == "charge":
+                        need = est.charge or 0.0
+                    elif est.accelerator_kind == kind:
+                        need = est.accelerator_hours or 0.0
+                out.append(Check(q, label, resource, kind, limit, _pick(used, resource, kind),
+                                 _pick(reserved, resource, kind), need))
+        return out
+
+    @staticmethod
+    def _sums(tx: Tx, table: str, q: Quota, lo: float | None, hi: float | None) -> dict[str | None, tuple[float, ...]]:
+        clauses: list[str] = ["account = ?"]
+        params: list[object] = [q.account]
+        if q.user:
+            clauses.append("user_name = ?")
+            params.append(q.user)
+        if q.cluster:
+            clauses.append("cluster = ?")
+            params.append(q.cluster)
+        if lo is not None and lo != float("-inf"):
+            clauses.append("end_time >= ?")
+            params.append(lo)
+        if hi is not None and hi != float("inf"):
+            clauses.append("end_time < ?")
+            params.append(hi)
+        rows = tx.all(f"SELECT accelerator_kind, SUM(cpu_seconds), SUM(accelerator_seconds), SUM(charge) FROM {table} "
+                      f"WHERE {' AND '.join(clauses)} GROUP BY accelerator_kind", params)
+        return {r[0]: (float(r[1] or 0), float(r[2] or 0), float(r[3] or 0)) for r in rows}
+
+    def admit(self, *, job_id: str, cluster: str, account: str | None, user: str | None, est: Estimate,
+              reserve: bool = True) -> list[Check]:
+        """Check every quota in force and, when all fit, reserve the worst case (atomically)."""
+        if not account:
+            return []
+        with self.db.transaction(lock="quota:" + account) as tx:
+            checks = self.checks(tx, account, user, cluster, est)
+            if not checks:
+                return []
+            if est.hours is None:
+                raise UsageError(f"quota: account {account} has a quota, so this job needs a time limit; add "
+                                 "--time (for example --time 2h)")
+            for c in checks:
+                if not c.fits:
+                    raise QuotaExceeded(
+                        f"quota: {c.quota.scope().replace('account ', 'account ', 1)} may use up to {c.need:.1f} "
+                        f"{c.label()} with this job; {max(c.remaining, 0.0):.1f} of {c.limit:.1f} remain in "
+                        f"{c.window}")
+            if reserve:
+                tx.execute("INSERT INTO reservations (job_id, cluster, native_id, account, user_name, "
+                           "accelerator_kind, cpu_seconds, accelerator_seconds, charge, created_at) "
+                           "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                           (job_id, cluster, None, account, user, est.accelerator_kind,
+                            (est.cpu_hours or 0.0) * 3600, (est.accelerator_hours or 0.0) * 3600, est.charge or 0.0,
+                            time.time()))
+        return checks
+
+    def bind(self, job_id: str, native_id: str) -> None:
+        with self.db.transaction() as tx:
+            tx.execute("UPDATE reservations SET native_id = ? WHERE job_id = ?", (native_id, job_id))
+
+    def quota_status(self, account: str | None = None, now: float | None = None) -> list[Check]:
+        with self.db.transaction() as tx:
+            out: list[Check] = []
+            for q in self._quotas(tx, account):
+                out.extend(self.checks(tx, q.account, q.user, q.cluster or "", None, now, only=q))
+            return out
+
+    # ------------------------------------------------------------ reports
+    def report(self, by: Sequence[str], *, since: float | None = None, until: float | None = None,
+               cluster: str | None = None, account: str | None = None) -> list[dict[str, Any]]:
+        for key in by:
+            if key not in REPORT_KEYS:
+                raise UsageError(f"usage: --by {key!r} is not a grouping; use some of: {', '.join(REPORT_KEYS)}")
+        cols = [REPORT_KEYS[k] for k in by]
+        clauses: list[str] = []
+        params: list[object] = []
+        for cond, value in (("end_time >= ?", since), ("end_time < ?", until), ("cluster = ?", cluster),
+                            ("account = ?", account)):
+            if value is not None:
+                clauses.append(cond)
+                params.append(value)
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        extra = ""
+        if "job" in by:
+            extra = (", SUM(total_cpu_s), SUM(CASE WHEN total_cpu_s IS NULL THEN NULL ELSE cpu_seconds END), "
+                     "MIN(job_id), MIN(state)")
+            if "cluster" not in by:
+                cols = ["cluster", *cols]
+        group = f"GROUP BY {', '.join(cols)} ORDER BY {', '.join(cols)}" if cols else ""
+        select = ", ".join(cols) + ", " if cols else ""
+        sql = (f"SELECT {select}COUNT(*), SUM(cpu_seconds), SUM(accelerator_seconds), SUM(charge){extra} "
+               f"FROM usage_records {where} {group}")
+        with self.db.transaction() as tx:
+            rows = tx.all(sql, params)
+        names = ["cluster", *by] if "job" in by and "cluster" not in by else list(by)
+        out: list[dict[str, Any]] = []
+        for r in rows:
+            item: dict[str, Any] = dict(zip(names, r[: len(names)], strict=True))
+            n, cpu_s, acc_s, charge = r[len(names): len(names) + 4]
+            item.update(jobs=int(n), cpu_hours=float(cpu_s or 0) / 3600, accelerator_hours=float(acc_s or 0) / 3600,
+                        charge=float(charge or 0))
+            if "job" in by:
+                used, alloc, job_id, state = r[len(names) + 4:]
+                item["job_id"] = job_id
+                item["state"] = state
+                item["cpu_efficiency"] = (float(used) / float(alloc)) if used is not None and alloc else None
+            out.append(item)
+        return out
+
+
+def _pick(sums: dict[str | None, tuple[float, ...]], resource: str, kind: str | None) -> float:
+    if resource == "cpu_hours":
+        return sum(v[0] for v in sums.values()) / 3600
+    if resource == "charge":
+        return sum(v[2] for v in sums.values())
+    return sums.get(kind, (0.0, 0.0, 0.0))[1] / 3600

@@ -1,0 +1,366 @@
+"""Accounting at the top of the stack: admission at submit, booking usage when jobs end, `accounting sync`
+from sacct and the registry, and `quota apply` into Slurm's association limits.
+
+This is where the ledger (``suanli.accounting``, which runs no commands) meets the clusters and the registry
+(``suanli.compute``); ``api.Client`` calls it and owns one instance.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from suanli.accounting.db import LedgerError
+from suanli.accounting.estimate import Estimate, worst_case
+from suanli.accounting.ledger import Check, Ledger
+from suanli.accounting.records import UsageRecord, charge_of
+from suanli.accounting.sacct import FIELDS, ParseStats, parse_usage
+from suanli.compute.config import ClusterConfig
+from suanli.errors import BackendError, SuanliError, UsageError
+from suanli.jobs.resources import Resources
+from suanli.jobs.state import JobState
+
+if TYPE_CHECKING:
+    from suanli.api import Client
+    from suanli.compute.base import Submission
+    from suanli.compute.store import JobRow
+
+log = logging.getLogger("suanli")
+
+#: sacct is read in windows of this many seconds, so a centre's years of history stream in pieces.
+SYNC_WINDOW_S = 86400.0
+SACCT_TIMEOUT_S = 600.0
+
+
+@dataclasses.dataclass
+class SyncResult:
+    cluster: str
+    backend: str
+    since: float
+    until: float
+    records: int
+    skipped_lines: int = 0
+    open_jobs: int = 0
+    unknown_states: tuple[str, ...] = ()
+    released: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+class Accounts:
+    def __init__(self, client: Client) -> None:
+        self.client = client
+        self._ledger: Ledger | None = None
+
+    # ------------------------------------------------------------ the ledger
+    @property
+    def ledger(self) -> Ledger:
+        if self._ledger is None:
+            self._ledger = Ledger(self.client.configs.settings.ledger, self.client.store.root)
+        return self._ledger
+
+    def close(self) -> None:
+        if self._ledger is not None:
+            self._ledger.close()
+
+    def user(self, fallback: str) -> str:
+        """Who the ledger books this process as: the database role in PostgreSQL mode (row-level security
+        keys on it; a centre gives each login a role of the same name), else the login name."""
+        return self.ledger.db.user or fallback
+
+    # ------------------------------------------------------------ admission
+    def estimate(self, sub: Submission) -> Estimate:
+        part = sub.partition
+        return worst_case(sub.spec.resources, sub.spec.task_count, part.charge.cpu_hour, part.charge.accelerator_hour)
+
+    def admit(self, sub: Submission, est: Estimate, *, reserve: bool = True) -> list[Check]:
+        """Refuse (QuotaExceeded, exit 3) or reserve the worst case. A ledger that cannot be read refuses
+        the submission unless the settings say ``on_ledger_error: allow``."""
+        settings = self.client.configs.settings
+        if settings.ledger is None and not self.ledger.db.exists:
+            return []  # no ledger yet, so no quota: nothing to check
+        try:
+            return self.ledger.admit(job_id=sub.job_id, cluster=sub.cluster.name, account=sub.spec.account,
+                                     user=self.user(sub.user), est=est, reserve=reserve)
+        except LedgerError as exc:
+            if settings.on_ledger_error == "allow":
+                log.warning("%s; submitting without a quota check (on_ledger_error: allow)", exc)
+                return []
+            raise LedgerError(f"{exc} (submissions are refused while the ledger cannot be read; settings.yaml "
+                              "on_ledger_error: allow lets them through unaccounted)") from None
+
+    def submitted(self, job_id: str, native_id: str, checks: Sequence[Check]) -> None:
+        if not checks:
+            return
+        try:
+            self.ledger.bind(job_id, native_id)
+        except SuanliError as exc:
+            log.warning("job %s: could not note its native id in the ledger: %s", job_id, exc)
+
+    def abandoned(self, job_id: str, checks: Sequence[Check]) -> None:
+        """The backend refused the job: give its reservation back."""
+        if not checks:
+            return
+        try:
+            self.ledger.release([job_id])
+        except SuanliError as exc:
+            log.warning("job %s: its reservation stays in the ledger until the next sync: %s", job_id, exc)
+
+    # ------------------------------------------------------------ jobs that ended
+    def finished(self, rows: Sequence[JobRow]) -> None:
+        """Book the usage of jobs that just ended and release their reservations; a failure only warns
+        (`suanli accounting sync` books them later)."""
+        if not rows:
+            return
+        try:
+            local = [r for r in rows if r.backend != "slurm"]
+            if local:
+                self.ledger.record(self._registry_records(local), release_jobs=[r.id for r in local])
+            by_cluster: dict[str, list[JobRow]] = {}
+            for r in rows:
+                if r.backend == "slurm" and r.native_id:
+                    by_cluster.setdefault(r.cluster, []).append(r)
+            for cluster, group in by_cluster.items():
+                cfg = self.client.configs.cluster(cluster)
+                natives = {n: r.id for r in group for n in (r.native_id or "").split(",") if n}
+                lines = self._sacct(cfg, ["-j", ",".join(natives)])
+                stats = ParseStats()
+                recs = self._with_job_ids(parse_usage(lines, cfg.name, _rates(cfg), stats=stats), natives)
+                self.ledger.record(recs, release_jobs=[r.id for r in group])
+        except (SuanliError, OSError) as exc:
+            log.warning("usage of %d finished job(s) not booked yet (%s); `suanli accounting sync` books it",
+                        len(rows), exc)
+
+    def _registry_records(self, rows: Sequence[JobRow]) -> Iterator[UsageRecord]:
+        """Local and Ray jobs: the backend's own start/end times and what suanli allocated at submission."""
+        tasks = self.client.store.tasks([r.id for r in rows])
+        db_user = self.ledger.db.user  # in PostgreSQL mode the registry's jobs are booked to the role
+        for r in rows:
+            try:
+                cfg: ClusterConfig | None = self.client.configs.cluster(r.cluster)
+            except UsageError:
+                cfg = None
+            res = Resources.from_dict(r.meta.get("resources") or {})
+            cpu_rate, acc_rate = 0.0, 0.0
+            if cfg is not None:
+                try:
+                    part = cfg.partition(r.partition)
+                    cpu_rate, acc_rate = part.charge.cpu_hour, part.charge.accelerator_hour
+                except UsageError:
+                    pass
+            cpus = res.nodes * res.cpus_per_node
+            accs = res.nodes * res.accelerators_per_node
+            for t in tasks[r.id]:
+                task, state, _reason, restarts, started, ended = t[:6]
+                if not JobState(state).is_terminal:
+                    continue
+                elapsed = max(0.0, (ended or 0.0) - started) if started else 0.0
+                cpu_s, acc_s = cpus * elapsed, accs * elapsed
+                yield UsageRecord(
+                    record_id=f"{r.cluster}|{r.id}|{task}|{restarts}", cluster=r.cluster, backend=r.backend,
+                    native_id=r.native_id, job_id=r.id, array_task=None if task == -1 else task, attempt=restarts,
+                    user=db_user or r.user, account=r.account, partition=r.partition, adapter=r.meta.get("adapter"),
+                    accelerator_kind=res.accelerator_kind if accs else None, nodes=res.nodes, cpus=cpus,
+                    accelerators=accs, submit_time=r.submitted_at, start_time=started,
+                    end_time=ended or started or r.submitted_at, elapsed_s=elapsed, state=state, cpu_seconds=cpu_s,
+                    accelerator_seconds=acc_s, charge=charge_of(cpu_s, acc_s, cpu_rate, acc_rate), total_cpu_s=None,
+                    source=r.backend,
+                )
+
+    @staticmethod
+    def _with_job_ids(records: Iterator[UsageRecord], natives: dict[str, str]) -> Iterator[UsageRecord]:
+        for rec in records:
+            job_id = natives.get((rec.native_id or "").split("_")[0])
+            yield dataclasses.replace(rec, job_id=job_id) if job_id else rec
+
+    # ------------------------------------------------------------ sync
+    def sync(self, cluster: str | None = None, since: float | None = None, all_users: bool = False,
+             until: float | None = None) -> list[SyncResult]:
+        configs = self.client.configs
+        names = [cluster] if cluster else sorted(configs.clusters)
+        out: list[SyncResult] = []
+        for name in names:
+            cfg = configs.cluster(name)
+            if cfg.backend == "slurm":
+                out.append(self._sync_slurm(cfg, since, all_users, until))
+            else:
+                out.append(self._sync_registry(cfg, since, until))
+        return out
+
+    def _sync_registry(self, cfg: ClusterConfig, since: float | None, until: float | None) -> SyncResult:
+        """Local and Ray jobs from the registry (a user's own, thousands at most): every finished job, or those
+        submitted since ``since``; rewriting a booked one changes nothing."""
+        until = time.time() if until is None else until
+        rows = [r for r in self.client.store.query(cluster=cfg.name, since=since)
+                if r.done and r.submitted_at < until]
+        n = self.ledger.record(self._registry_records(rows), release_jobs=[r.id for r in rows])
+        self.ledger.set_mark(cfg.name, "registry", until)
+        return SyncResult(cfg.name, cfg.backend, since or 0.0, until, n, released=len(rows))
+
+    def _sync_slurm(self, cfg: ClusterConfig, since: float | None, all_users: bool,
+                    until: float | None) -> SyncResult:
+        scope = "all" if all_users else self.user(_login())
+        until = time.time() if until is None else until
+        if since is None:
+            since = self.ledger.mark(cfg.name, scope)
+        if since is None:  # first sync: the start of last month
+            t = datetime.fromtimestamp(until)
+            since = datetime(t.year - (t.month == 1), (t.month - 2) % 12 + 1, 1).timestamp()
+        natives: dict[str, str] = {}
+        for r in self.client.store.query(cluster=cfg.name):
+            for n in (r.native_id or "").split(","):
+                if n:
+                    natives[n] = r.id
+        stats = ParseStats()
+        total = 0
+        lo = since
+        while lo < until:
+            hi = min(lo + SYNC_WINDOW_S, until)
+            argv = ["-S", _sacct_time(lo), "-E", _sacct_time(hi)] + (["--allusers"] if all_users else [])
+            lines = self._sacct(cfg, argv)
+            recs = self._with_job_ids(parse_usage(lines, cfg.name, _rates(cfg), stats=stats), natives)
+            total += self.ledger.record(recs)
+            lo = hi
+        done = stats.booked_jobs - stats.open_jobs
+        release_jobs = sorted({natives[n] for n in done if n in natives}
+                              - {natives[n] for n in stats.open_jobs if n in natives})
+        self.ledger.release(release_jobs, (cfg.name, sorted(done)))
+        # The mark moves only after every window is stored: a sync killed halfway redoes the same windows,
+        # and the upsert on record_id makes that rewrite the same rows.
+        self.ledger.set_mark(cfg.name, scope, until)
+        return SyncResult(cfg.name, "slurm", since, until, total, stats.bad, len(stats.open_jobs),
+                          tuple(sorted(stats.unknown_states)), len(release_jobs))
+
+    def _sacct(self, cfg: ClusterConfig, extra: list[str]) -> Iterator[str]:
+        """Stream sacct's lines (header first); never the whole output in memory."""
+        argv = ["sacct", "--parsable2", "-X", "-D", "-o", ",".join(FIELDS), *extra]
+        env = _slurm_env(cfg)
+        with tempfile.TemporaryFile("w+") as errfile:  # a file, so a chatty stderr can never block stdout
+            try:
+                proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=errfile, text=True, env=env,
+                                        errors="replace")
+            except FileNotFoundError:
+                raise BackendError(f"cluster {cfg.name}: sacct is not installed here; run the sync on a login "
+                                   "node") from None
+            assert proc.stdout is not None
+            try:
+                yield from proc.stdout
+                rc = proc.wait(timeout=SACCT_TIMEOUT_S)
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+            errfile.seek(0)
+            err = errfile.read()
+        if rc != 0:
+            first = (err.strip().splitlines() or [f"exit code {rc}"])[0]
+            raise BackendError(f"cluster {cfg.name}: sacct failed: {first}")
+
+    # ------------------------------------------------------------ Slurm association limits
+    def apply_plan(self, cluster: str) -> tuple[list[list[str]], list[str]]:
+        """The sacctmgr commands that mirror the quotas into Slurm's GrpTRESMins, and warnings."""
+        from suanli.adapters import adapter_names, get_adapter
+
+        cfg = self.client.configs.cluster(cluster)
+        if cfg.backend != "slurm":
+            raise UsageError(f"quota apply: cluster {cluster!r} runs {cfg.backend}, not slurm; only Slurm "
+                             "enforces quotas itself (elsewhere suanli checks them at submission)")
+        conf = _scontrol_config(cfg)
+        slurm_name = conf.get("ClusterName", cfg.name)
+        gres = {a.accelerator_kind: a.gres_name for a in map(get_adapter, adapter_names())
+                if a.accelerator_kind and a.gres_name}
+        warnings: list[str] = []
+        cmds: list[list[str]] = []
+        reset = conf.get("PriorityUsageResetPeriod", "NONE").upper()
+        decay = conf.get("PriorityDecayHalfLife", "")
+        for q in self.ledger.quotas():
+            if q.cluster not in (None, cluster):
+                continue
+            tres = []
+            if q.cpu_hours is not None:
+                tres.append(f"cpu={round(q.cpu_hours * 60)}")
+            for kind, hours in sorted(q.accelerator_hours.items()):
+                tres.append(f"gres/{gres.get(kind, kind)}={round(hours * 60)}")
+            if q.charge is not None:
+                warnings.append(f"quota {q.id} ({q.scope()}): its charge limit is enforced by suanli only")
+            if not tres:
+                continue
+            want = "MONTHLY" if q.period == "month" else "NONE"
+            if reset != want:
+                warnings.append(f"quota {q.id} ({q.scope()}) is per {q.period}, but Slurm resets usage "
+                                f"{reset} (PriorityUsageResetPeriod); set it to {want} so both agree")
+            where = ["where", f"name={q.user or q.account}", f"cluster={slurm_name}"]
+            if q.user:
+                where.append(f"account={q.account}")
+            cmds.append(["sacctmgr", "-i", "modify", "user" if q.user else "account", *where, "set",
+                         "GrpTRESMins=" + ",".join(tres)])
+        if decay not in ("", "0", "00:00:00", "0-00:00:00"):
+            warnings.append(f"PriorityDecayHalfLife is {decay}: Slurm decays recorded usage, so its limits drift "
+                            "from the ledger; set it to 0")
+        return cmds, warnings
+
+    def apply(self, cluster: str) -> tuple[list[list[str]], list[str]]:
+        cmds, warnings = self.apply_plan(cluster)
+        env = _slurm_env(self.client.configs.cluster(cluster))
+        for argv in cmds:
+            r = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=60)
+            if r.returncode != 0 or "Nothing modified" in r.stdout:
+                detail = (r.stderr.strip() or r.stdout.strip() or f"exit code {r.returncode}").splitlines()[0]
+                raise BackendError(f"quota apply: {' '.join(argv[3:5])} failed: {detail} (does the association "
+                                   "exist? sacctmgr show assoc)")
+        return cmds, warnings
+
+
+# ---------------------------------------------------------------- helpers
+def _login() -> str:
+    from suanli.api import current_user
+
+    return current_user()
+
+
+def _slurm_env(cfg: ClusterConfig) -> dict[str, str]:
+    env = dict(os.environ)
+    conf = cfg.slurm.get("conf")
+    if conf:
+        env["SLURM_CONF"] = str(conf)
+    return env
+
+
+def _scontrol_config(cfg: ClusterConfig) -> dict[str, str]:
+    try:
+        r = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True, env=_slurm_env(cfg),
+                           timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise BackendError(f"cluster {cfg.name}: scontrol show config failed: {exc}") from None
+    if r.returncode != 0:
+        raise BackendError(f"cluster {cfg.name}: scontrol show config failed: {r.stderr.strip()[:200]}")
+    out: dict[str, str] = {}
+    for line in r.stdout.splitlines():
+        key, sep, value = line.partition("=")
+        if sep:
+            out[key.strip()] = value.strip()
+    return out
+
+
+def _sacct_time(t: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(t))
+
+
+def _rates(cfg: ClusterConfig) -> Any:
+    parts = {p.name: p for p in cfg.partitions}
+
+    def rates(partition: str | None) -> tuple[float, float, str | None]:
+        p = parts.get(partition or "")
+        if p is None:
+            return 0.0, 0.0, None
+        return p.charge.cpu_hour, p.charge.accelerator_hour, p.adapter
+
+    return rates

@@ -1,0 +1,199 @@
+"""``suanli.map(..., engine="dask")``: dask-jobqueue pilot workers on the real single-node Slurm test cluster.
+
+The validation tests at the bottom need no cluster; the others use the ``slurm`` fixture (scripts/test.sh
+starts the cluster and exports SUANLI_TEST_SLURM_CONF).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from suanli.errors import BackendError, JobFailedError, RemoteTraceback, UsageError
+from suanli.jobs.state import JobState
+
+pytestmark = pytest.mark.slurm
+
+pytest.importorskip("dask_jobqueue")
+
+
+def sq(x: int) -> int:
+    return x * x
+
+
+def fail_on_three(x: int) -> int:
+    if x == 3:
+        raise ValueError("item three is bad")
+    return x + 100
+
+
+def queued(slurm_conf: str, native_ids: list[str]) -> set[str]:
+    """Which of these Slurm jobs squeue still shows (any state)."""
+    r = subprocess.run(["squeue", "-h", "-o", "%A", "-j", ",".join(native_ids)], capture_output=True, text=True,
+                       env=dict(os.environ, SLURM_CONF=slurm_conf), timeout=30)
+    return set(r.stdout.split()) & set(native_ids)
+
+
+def wait_gone(slurm_conf: str, native_ids: list[str], timeout: float = 30.0) -> set[str]:
+    deadline = time.monotonic() + timeout
+    left = queued(slurm_conf, native_ids)
+    while left and time.monotonic() < deadline:
+        time.sleep(0.5)
+        left = queued(slurm_conf, native_ids)
+    return left
+
+
+def test_map_of_500_items_on_two_pilot_workers(slurm: Any, slurm_conf: str) -> None:
+    t0 = time.monotonic()
+    sweep = slurm.map(sq, range(500), engine="dask", max_concurrent=2, time="10m")
+    assert sweep.results() == [i * i for i in range(500)]
+    assert len(sweep) == 500 and sweep.done() and sweep.status() is JobState.COMPLETED and not sweep.errors
+    assert len(sweep.pilot_jobs) == 2, sweep.pilot_jobs
+    rows = slurm.store.query(ids=sweep.pilot_jobs)
+    assert len(rows) == 2
+    for r in rows:
+        assert (r.backend, r.kind, r.cluster, r.partition, r.account) == ("slurm", "dask-worker", "testslurm",
+                                                                          "debug", "acct-a")
+        assert r.native_id and r.native_id.isdigit()
+        assert r.meta["resources"]["time_s"] == 600 and r.meta["resources"]["cpus_per_task"] == 1
+        assert r.meta["sweep"] == sweep.id
+        assert (Path(r.job_dir) / "job.sh").exists() and (Path(r.job_dir) / "job.err").exists()
+    # Their final states were recorded on the way out (a clean finish retires the workers first).
+    infos = slurm.list_infos(rows)
+    assert all(i.state.is_terminal for i in infos), [(i.id, i.state) for i in infos]
+    assert not wait_gone(slurm_conf, [r.native_id for r in rows])
+    assert time.monotonic() - t0 < 90
+
+
+def test_a_failing_item_keeps_the_other_results(slurm: Any) -> None:
+    sweep = slurm.map(fail_on_three, range(12), engine="dask", max_concurrent=1)
+    assert sweep.values == [None if i == 3 else i + 100 for i in range(12)]
+    assert list(sweep.errors) == [3] and sweep.failed == [3]
+    assert sweep.states()[3] is JobState.FAILED and sweep.states()[2] is JobState.COMPLETED
+    assert sweep.status() is JobState.FAILED
+    with pytest.raises(JobFailedError, match=r"1 of 12 items failed \(indices 3\); item 3 raised ValueError: "
+                                             r"item three is bad") as info:
+        sweep.results()
+    cause = info.value.__cause__
+    assert isinstance(cause, RemoteTraceback)
+    assert "fail_on_three" in cause.tb and "item three is bad" in cause.tb
+    mixed = sweep.results(return_exceptions=True)
+    assert isinstance(mixed[3], ValueError) and mixed[4] == 104
+    assert len(sweep.pilot_jobs) == 1
+
+
+def test_ctrl_c_cancels_the_pilot_jobs(slurm: Any, slurm_conf: str, tmp_path: Path) -> None:
+    script = tmp_path / "sweep.py"
+    script.write_text(textwrap.dedent("""
+        import time
+        import suanli.api
+
+        def slow(x):
+            time.sleep(1.0)
+            return x
+
+        suanli.api.Client().map(slow, range(200), engine="dask", max_concurrent=2, time="10m")
+    """))
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p)))
+    try:
+        deadline = time.monotonic() + 60
+        natives: list[str] = []
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, proc.communicate()
+            rows = [r for r in slurm.store.query() if r.kind == "dask-worker" and r.native_id]
+            natives = [r.native_id for r in rows]
+            if len(natives) == 2 and len(queued(slurm_conf, natives)) == 2:
+                running = subprocess.run(["squeue", "-h", "-t", "R", "-o", "%A", "-j", ",".join(natives)],
+                                         capture_output=True, text=True, env=dict(os.environ, SLURM_CONF=slurm_conf))
+                if len(running.stdout.split()) == 2:
+                    break
+            time.sleep(0.3)
+        else:
+            pytest.fail(f"the pilot jobs did not start within 60 s: {natives}")
+        time.sleep(1.0)  # some tasks running
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode != 0
+    assert "KeyboardInterrupt" in err
+    assert not wait_gone(slurm_conf, natives, timeout=20), "pilot jobs left in squeue after Ctrl-C"
+    rows = [r for r in slurm.store.query() if r.kind == "dask-worker"]
+    assert len(rows) == 2
+    infos = slurm.list_infos(rows)
+    assert all(i.state.is_terminal for i in infos), [(i.id, i.state) for i in infos]
+
+
+def test_pilots_that_cannot_start_end_the_sweep(slurm: Any) -> None:
+    t0 = time.monotonic()
+    with pytest.raises(BackendError, match=r"every dask pilot job ended and no worker is connected"):
+        slurm.map(sq, range(3), engine="dask", max_concurrent=1, setup="exit 3", stall_timeout=3)
+    assert time.monotonic() - t0 < 45
+    rows = [r for r in slurm.store.query() if r.kind == "dask-worker"]
+    assert len(rows) == 1 and rows[0].done
+
+
+# ---------------------------------------------------------------- validation (no cluster needed)
+@pytest.fixture
+def fake_slurm(home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """A client that knows a slurm cluster that is never contacted."""
+    cfg = tmp_path / "fake-clusters"
+    cfg.mkdir()
+    (cfg / "fake.yaml").write_text(
+        "name: fake\nbackend: slurm\ndefault_account: acct-a\nslurm: {conf: /nonexistent/slurm.conf}\n"
+        "partitions:\n  - {name: debug, nodes: 1, cpus_per_node: 4, max_time: 1h}\n")
+    monkeypatch.setenv("SUANLI_CONFIG", str(cfg))
+    from suanli.api import Client
+
+    c = Client()
+    yield c
+    c.store.close()
+
+
+def test_engine_dask_on_the_local_cluster_is_refused(home: Path) -> None:
+    from suanli.api import Client
+
+    with pytest.raises(UsageError, match=r"engine 'dask' needs a slurm cluster, but cluster 'local' uses the "
+                                         r"'local' backend") as info:
+        Client().map(sq, [1, 2], cluster="local", engine="dask")
+    assert info.value.exit_code == 2
+
+
+def test_options_are_validated_like_submit(fake_slurm: Any) -> None:
+    with pytest.raises(UsageError, match=r"^resources.cpus_per_task: 'x' is not a whole number$"):
+        fake_slurm.map(sq, [1], cluster="fake", engine="dask", cpus_per_task="x")
+    with pytest.raises(UsageError, match=r"partition: cluster 'fake' has no partition 'gpu'; valid partitions: debug"):
+        fake_slurm.map(sq, [1], cluster="fake", engine="dask", partition="gpu")
+    with pytest.raises(UsageError, match=r"time: asked for 2:00:00, but .* has a max_time of 1:00:00"):
+        fake_slurm.map(sq, [1], cluster="fake", engine="dask", time="2h")
+    with pytest.raises(UsageError, match=r"unknown option 'colour' for engine 'dask'; valid options: .*cpus_per_task"):
+        fake_slurm.map(sq, [1], cluster="fake", engine="dask", colour="red")
+    with pytest.raises(UsageError, match=r"option 'array' does not apply to engine 'dask'"):
+        fake_slurm.map(sq, [1], cluster="fake", engine="dask", array="0-3")
+    assert fake_slurm.store.query() == []  # nothing reached the registry
+
+
+def test_missing_dask_jobqueue_says_what_to_install(fake_slurm: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "dask_jobqueue", None)
+    monkeypatch.setitem(sys.modules, "dask_jobqueue.slurm", None)
+    with pytest.raises(UsageError, match=r"pip install 'suanli\[dask\]'"):
+        fake_slurm.map(sq, [1], cluster="fake", engine="dask")
+
+
+def test_the_engine_module_imports_nothing_heavy() -> None:
+    code = ("import sys, suanli.compute.dask, suanli.compute.dask.engine; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('dask', 'distributed', 'dask_jobqueue')))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "[]"
