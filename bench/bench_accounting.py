@@ -109,9 +109,11 @@ def bench_db(label: str, url: str | None, home: Path, text: Path, n: int, env: d
 
     def bare_sum() -> None:
         with led.db.transaction() as tx:
+            lo, hi = time.time() - 30 * 86400, time.time()
             tx.all("SELECT accelerator_kind, SUM(cpu_seconds), SUM(accelerator_seconds), SUM(charge) "
-                   "FROM usage_records WHERE account = ? AND end_time >= ? AND end_time < ? "
-                   "GROUP BY accelerator_kind", ("acct-042", time.time() - 30 * 86400, time.time()))
+                   "FROM usage_records WHERE account = ? AND month >= ? AND month <= ? AND end_time >= ? "
+                   "AND end_time < ? GROUP BY accelerator_kind",
+                   ("acct-042", time.strftime("%Y-%m", time.localtime(lo)), time.strftime("%Y-%m"), lo, hi))
 
     b = median_s(bare_sum, 51, 5)
     a = median_s(admit, 51, 5)

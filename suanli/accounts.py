@@ -50,6 +50,7 @@ class SyncResult:
     open_jobs: int = 0
     unknown_states: tuple[str, ...] = ()
     released: int = 0
+    error: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -85,6 +86,8 @@ class Accounts:
         """Refuse (QuotaExceeded, exit 3) or reserve the worst case. A ledger that cannot be read refuses
         the submission unless the settings say ``on_ledger_error: allow``."""
         settings = self.client.configs.settings
+        if not sub.spec.account:
+            return []  # quotas belong to accounts: a job without one has nothing to check
         if settings.ledger is None and not self.ledger.db.exists:
             return []  # no ledger yet, so no quota: nothing to check
         try:
@@ -116,28 +119,41 @@ class Accounts:
 
     # ------------------------------------------------------------ jobs that ended
     def finished(self, rows: Sequence[JobRow]) -> None:
-        """Book the usage of jobs that just ended and release their reservations; a failure only warns
-        (`suanli accounting sync` books them later)."""
+        """Book the usage of jobs that just ended and release their reservations. It waits at most half a
+        second for a busy ledger and only warns on failure: a job whose reservation is still held is tried
+        again when the next job ends, and `suanli accounting sync` books whatever is left."""
         if not rows:
             return
+        db = self.ledger.db
         try:
-            local = [r for r in rows if r.backend != "slurm"]
-            if local:
-                self.ledger.record(self._registry_records(local), release_jobs=[r.id for r in local])
-            by_cluster: dict[str, list[JobRow]] = {}
-            for r in rows:
-                if r.backend == "slurm" and r.native_id:
-                    by_cluster.setdefault(r.cluster, []).append(r)
-            for cluster, group in by_cluster.items():
-                cfg = self.client.configs.cluster(cluster)
-                natives = {n: r.id for r in group for n in (r.native_id or "").split(",") if n}
-                lines = self._sacct(cfg, ["-j", ",".join(natives)])
-                stats = ParseStats()
-                recs = self._with_job_ids(parse_usage(lines, cfg.name, _rates(cfg), stats=stats), natives)
-                self.ledger.record(recs, release_jobs=[r.id for r in group])
+            with db.quick():
+                rows = self._with_reserved_done(rows)
+                local = [r for r in rows if r.backend != "slurm"]
+                if local:
+                    self.ledger.record(self._registry_records(local), release_jobs=[r.id for r in local])
+                by_cluster: dict[str, list[JobRow]] = {}
+                for r in rows:
+                    if r.backend == "slurm" and r.native_id:
+                        by_cluster.setdefault(r.cluster, []).append(r)
+                for cluster, group in by_cluster.items():
+                    cfg = self.client.configs.cluster(cluster)
+                    natives = {n: r.id for r in group for n in (r.native_id or "").split(",") if n}
+                    stats = ParseStats()
+                    lines = self._sacct(cfg, ["-j", ",".join(natives)])
+                    # A few jobs: read them all first, so the release below knows what sacct booked.
+                    recs = list(self._with_job_ids(parse_usage(lines, cfg.name, _rates(cfg), stats=stats), natives))
+                    # Released only once sacct has booked every part: slurmdbd may still say COMPLETING.
+                    self.ledger.record(recs, release_native=(cfg.name, sorted(stats.booked_jobs - stats.open_jobs)))
         except (SuanliError, OSError) as exc:
             log.warning("usage of %d finished job(s) not booked yet (%s); `suanli accounting sync` books it",
                         len(rows), exc)
+
+    def _with_reserved_done(self, rows: Sequence[JobRow]) -> list[JobRow]:
+        """These rows plus finished jobs of this registry that still hold a reservation (a retry)."""
+        held = {r["job_id"] for r in self.ledger.reservations()} - {r.id for r in rows}
+        if not held:
+            return list(rows)
+        return [*rows, *(r for r in self.client.store.query(ids=sorted(held)) if r.done)]
 
     def _registry_records(self, rows: Sequence[JobRow]) -> Iterator[UsageRecord]:
         """Local and Ray jobs: the backend's own start/end times and what suanli allocated at submission."""
@@ -189,10 +205,16 @@ class Accounts:
         out: list[SyncResult] = []
         for name in names:
             cfg = configs.cluster(name)
-            if cfg.backend == "slurm":
-                out.append(self._sync_slurm(cfg, since, all_users, until))
-            else:
-                out.append(self._sync_registry(cfg, since, until))
+            try:
+                if cfg.backend == "slurm":
+                    out.append(self._sync_slurm(cfg, since, all_users, until))
+                else:
+                    out.append(self._sync_registry(cfg, since, until))
+            except BackendError as exc:
+                if cluster:
+                    raise
+                # One unreachable cluster must not stop the others; the caller sees the error per cluster.
+                out.append(SyncResult(name, cfg.backend, since or 0.0, until or time.time(), 0, error=str(exc)))
         return out
 
     def _sync_registry(self, cfg: ClusterConfig, since: float | None, until: float | None) -> SyncResult:
@@ -202,7 +224,7 @@ class Accounts:
         rows = [r for r in self.client.store.query(cluster=cfg.name, since=since)
                 if r.done and r.submitted_at < until]
         n = self.ledger.record(self._registry_records(rows), release_jobs=[r.id for r in rows])
-        self.ledger.set_mark(cfg.name, "registry", until)
+        self.ledger.set_mark(cfg.name, "registry:" + self.user(_login()), until)
         return SyncResult(cfg.name, cfg.backend, since or 0.0, until, n, released=len(rows))
 
     def _sync_slurm(self, cfg: ClusterConfig, since: float | None, all_users: bool,
@@ -219,7 +241,7 @@ class Accounts:
             for n in (r.native_id or "").split(","):
                 if n:
                     natives[n] = r.id
-        stats = ParseStats()
+        stats = ParseStats(track=set(natives) | self.ledger.reserved_natives(cfg.name))
         total = 0
         lo = since
         while lo < until:
@@ -282,7 +304,8 @@ class Accounts:
         reset = conf.get("PriorityUsageResetPeriod", "NONE").upper()
         decay = conf.get("PriorityDecayHalfLife", "")
         for q in self.ledger.quotas():
-            if q.cluster not in (None, cluster):
+            # Slurm holds one limit per association: the quota in force now (overlapping ones are refused).
+            if q.cluster not in (None, cluster) or q.window() is None:
                 continue
             tres = []
             if q.cpu_hours is not None:

@@ -128,3 +128,30 @@ def slurm(home: Path, slurm_conf: str, tmp_path: Path, monkeypatch: pytest.Monke
         ids = [n for r in open_jobs if r.native_id for n in r.native_id.split(",")]
         subprocess.run(["scancel", *ids], capture_output=True)
     c.store.close()
+
+
+# ---------------------------------------------------------------- a 2-rank training probe (Slurm, Ray)
+def rank_probe(tmp_path: Path) -> tuple[Path, Path]:
+    """A training script that all-reduces its rank and writes what it saw to OUT/rank<N>.json."""
+    probe = tmp_path / "probe.py"
+    probe.write_text(
+        "import json, os, sys\nimport torch, torch.distributed as dist\n"
+        "from suanli.runtime import environment, init_distributed, shutdown\n"
+        "env = environment(); init_distributed()\n"
+        "t = torch.tensor([float(env.rank + 1)]); dist.all_reduce(t)\n"
+        "keys = ['RANK', 'LOCAL_RANK', 'WORLD_SIZE', 'LOCAL_WORLD_SIZE', 'MASTER_ADDR', 'MASTER_PORT']\n"
+        "json.dump({**{k: os.environ[k] for k in keys}, 'sum': t.item(), 'launcher': env.launcher}, "
+        "open(os.path.join(sys.argv[1], f'rank{env.rank}.json'), 'w'))\nshutdown()\n"
+    )
+    out = tmp_path / "out"
+    out.mkdir()
+    return probe, out
+
+
+def two_ranks(out: Path) -> list[dict[str, Any]]:
+    """What both ranks of the probe saw, checked for a consistent 2-rank world."""
+    ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
+    assert [r["RANK"] for r in ranks] == ["0", "1"] and [r["LOCAL_RANK"] for r in ranks] == ["0", "1"]
+    assert all(r["WORLD_SIZE"] == "2" and r["LOCAL_WORLD_SIZE"] == "2" and r["sum"] == 3.0 for r in ranks)
+    assert ranks[0]["MASTER_PORT"] == ranks[1]["MASTER_PORT"]
+    return ranks

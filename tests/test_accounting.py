@@ -387,12 +387,14 @@ def test_slurm_sync_is_idempotent_and_survives_a_kill(slurm: Any, slurm_conf: st
 def test_quota_apply_makes_slurm_enforce_the_limit(slurm: Any, slurm_conf: str, ledger: Ledger) -> None:
     ledger.set_quota(Quota(account="acct-b", cluster="testslurm", cpu_hours=1, accelerator_hours={"ascend": 2}),
                      "admin")
+    ledger.set_quota(Quota(account="acct-b", user="ghost", period="total", start="2020-01-01", end="2021-01-01",
+                           cpu_hours=1), "admin")  # long over: never applied
     env = dict(os.environ, SLURM_CONF=slurm_conf)
     try:
         r = run_cli("quota", "apply", "--cluster", "testslurm", "--json")
         assert r.returncode == 0, r.stderr
         out = __import__("json").loads(r.stdout)
-        assert out["commands"][0][-1] == "GrpTRESMins=cpu=60,gres/npu=120" and out["warnings"] == []
+        assert [c[-1] for c in out["commands"]] == ["GrpTRESMins=cpu=60,gres/npu=120"] and out["warnings"] == []
         limits = _sacctmgr(slurm_conf, "show", "assoc", "where", "account=acct-b", "format=User,GrpTRESMins")
         assert "cpu=60" in limits and "gres/npu=120" in limits
         # 2 CPUs x 1 h = 120 cpu-minutes > 60: Slurm itself holds a job that bypasses suanli.
@@ -424,3 +426,95 @@ def test_cli_help_lists_the_accounting_verbs() -> None:
     r = subprocess.run([sys.executable, "-m", "suanli", "--help"], capture_output=True, text=True, cwd=REPO)
     for verb in ("usage", "quota", "accounting"):
         assert verb in r.stdout
+
+
+# ---------------------------------------------------------------- review findings, kept as tests
+def test_split_array_reservation_released_only_when_every_part_is_booked(ledger: Ledger) -> None:
+    ledger.set_quota(Quota(account="lab", cpu_hours=100), "admin")
+    for job, native in (("split", "100,200"), ("single", "300")):
+        ledger.admit(job_id=job, cluster="c1", account="lab", user="u1", est=est())
+        ledger.bind(job, native)
+    ledger.record([rec(100)], release_native=("c1", ["100", "300"]))  # part 200 still running
+    assert [r["job_id"] for r in ledger.reservations()] == ["split"]
+    ledger.record([rec(200)], release_native=("c1", ["200", "100"]))
+    assert ledger.reservations() == []
+
+
+def test_limits_a_job_does_not_draw_on_never_refuse_it(ledger: Ledger) -> None:
+    ledger.set_quota(Quota(account="lab", cpu_hours=100, accelerator_hours={"ascend": 10}), "admin")
+    ledger.record([rec(1, account="lab", kind="ascend", acc_s=12 * 3600.0)])  # overdrawn by plain sbatch jobs
+    ledger.admit(job_id="cpu-only", cluster="c1", account="lab", user="u1", est=est())
+    with pytest.raises(QuotaExceeded, match="ascend accelerator-hours"):
+        ledger.admit(job_id="npu", cluster="c1", account="lab", user="u1", est=est(acc="ascend:1"))
+
+
+def test_quota_show_lists_quotas_not_in_force(ledger: Ledger) -> None:
+    ledger.set_quota(Quota(account="lab", period="total", start="2099-01-01", end="2099-02-01", cpu_hours=5), "a")
+    [c] = ledger.quota_status()
+    assert c.window == "not in force (2099-01-01..2099-02-01)" and c.limit == 5
+
+
+def test_usage_written_from_another_time_zone_still_counts(ledger: Ledger) -> None:
+    """A record's month is its writer's local month; a reader elsewhere must still find it in its window."""
+    ledger.set_quota(Quota(account="lab", cpu_hours=100), "admin")
+    t = time.time() - 60
+    lt = time.localtime(t)
+    prev = f"{lt.tm_year - (lt.tm_mon == 1):04d}-{(lt.tm_mon - 2) % 12 + 1:02d}-28"
+    r = rec(1, account="lab", cpu_s=7200.0, end=t)
+    r.booked_day = prev  # as if written where it was still last month
+    ledger.record([r])
+    [c] = ledger.quota_status()
+    assert c.used == pytest.approx(2.0)
+
+
+def test_status_does_not_wait_long_for_a_busy_ledger(ledger: Ledger, client: Any, home: Path,
+                                                     ledger_url: str | None) -> None:
+    if ledger_url is not None:
+        pytest.skip("a SQLite write lock")
+    ledger.set_quota(Quota(account="lab", cpu_hours=10), "admin")
+    job = client.submit(["true"], account="lab", time="1h")
+    deadline = time.time() + 30
+    while not (home / "jobs" / job.id / "state.json").exists() or '"COMPLETED"' not in \
+            (home / "jobs" / job.id / "state.json").read_text():
+        assert time.time() < deadline
+        time.sleep(0.1)
+    holder = Ledger(None, home)
+    with holder.db.transaction(lock="hold"):
+        t0 = time.monotonic()
+        assert job.status().value == "COMPLETED"
+        assert time.monotonic() - t0 < 3
+    holder.close()
+    assert [r["job_id"] for r in ledger.reservations()] == [job.id]  # not booked yet: kept, retried later
+    client.submit(["true"], time="1m").wait(timeout=60)  # the next job that ends retries it
+    assert ledger.reservations() == []
+
+
+def test_cli_odd_inputs_give_one_clear_line(home: Path) -> None:
+    r = run_cli("submit", "-A", "lab", "-t", "1h", "--", "true", env={"SUANLI_LEDGER_URL": "postgresql://u@[bad"})
+    assert r.returncode == 4 and "the URL is malformed" in r.stderr and "Traceback" not in r.stderr
+    # A job without an account has no quota to check: an unreachable ledger does not stop it.
+    r = run_cli("submit", "--", "true", env={"SUANLI_LEDGER_URL": "postgresql://nobody@127.0.0.1:9/none"})
+    assert r.returncode == 0, r.stderr
+    r = run_cli("usage", "--cluster", "nope")
+    assert r.returncode == 2 and "--cluster 'nope' is neither configured nor in the ledger" in r.stderr
+    assert run_cli("usage", "--since", "7d", "--json").returncode == 0
+
+
+def test_postgres_users_cannot_lower_booked_usage(pg_db: str, home: Path) -> None:
+    admin = Ledger(_pg_url("suanli_admin", pg_db), home)
+    admin.set_quota(Quota(account="lab", cpu_hours=3), "suanli_admin")
+    with admin.db.transaction() as tx:
+        tx.execute("GRANT suanli_user TO alice")
+    alice = Ledger(_pg_url("alice", pg_db), home)
+    alice.record([rec(1, account="lab", user="alice", cpu_s=3 * 3600.0)])
+    alice.record([rec(1, account="lab", user="alice", cpu_s=0.0)])  # the same record again, lowered: ignored
+    assert admin.totals()["cpu_seconds"] == 3 * 3600.0
+    with pytest.raises(LedgerPermissionError), alice.db.transaction() as tx:
+        tx.execute("DELETE FROM usage_records WHERE user_name = 'alice'")
+    with pytest.raises(QuotaExceeded):
+        alice.admit(job_id="j", cluster="c1", account="lab", user="alice", est=est())
+    # Her own sync of the local registry works (its mark is hers).
+    r = run_cli("accounting", "sync", "--cluster", "local", env={"SUANLI_LEDGER_URL": _pg_url("alice", pg_db)})
+    assert r.returncode == 0, r.stderr
+    alice.close()
+    admin.close()

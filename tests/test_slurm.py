@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import run_cli
+from conftest import rank_probe, run_cli, two_ranks
 
 from suanli import MPI, JobSpec, JobState, Resources, Training
 from suanli.errors import BackendError, JobFailedError
@@ -121,24 +121,12 @@ def test_map_of_200_is_one_array_and_one_sbatch(slurm: Any, monkeypatch: pytest.
 def test_training_two_ranks_with_gloo(slurm: Any, tmp_path: Path) -> None:
     if importlib.util.find_spec("torch") is None:
         pytest.skip("torch not installed")
-    probe = tmp_path / "probe.py"
-    probe.write_text(
-        "import json, os, sys\nimport torch, torch.distributed as dist\n"
-        "from suanli.runtime import environment, init_distributed, shutdown\n"
-        "env = environment(); init_distributed()\n"
-        "t = torch.tensor([float(env.rank + 1)]); dist.all_reduce(t)\n"
-        "keys = ['RANK', 'LOCAL_RANK', 'WORLD_SIZE', 'LOCAL_WORLD_SIZE', 'MASTER_ADDR', 'MASTER_PORT']\n"
-        "json.dump({**{k: os.environ[k] for k in keys}, 'sum': t.item()}, "
-        "open(os.path.join(sys.argv[1], f'rank{env.rank}.json'), 'w'))\nshutdown()\n"
-    )
-    out = tmp_path / "out"
-    out.mkdir()
+    probe, out = rank_probe(tmp_path)
     job = slurm.submit(JobSpec(Training(script=str(probe), args=(str(out),), nproc_per_node=2),
                                resources=Resources(tasks_per_node=2, time="10m")))
     assert job.wait(timeout=300) is JobState.COMPLETED, job.logs("stderr")[-3000:]
-    ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
-    assert [r["RANK"] for r in ranks] == ["0", "1"] and [r["LOCAL_RANK"] for r in ranks] == ["0", "1"]
-    assert all(r["WORLD_SIZE"] == "2" and r["LOCAL_WORLD_SIZE"] == "2" and r["sum"] == 3.0 for r in ranks)
+    ranks = two_ranks(out)
+    assert {r["launcher"] for r in ranks} == {"slurm"}
     assert ranks[0]["MASTER_PORT"] == str(20000 + int(job.info().native_id) % 20000)
 
 

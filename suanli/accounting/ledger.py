@@ -22,7 +22,7 @@ from suanli.accounting.quota import QUOTA_COLUMNS, Quota
 from suanli.accounting.records import COLUMNS, UsageRecord
 from suanli.errors import QuotaExceeded, UsageError
 
-BATCH = 5000
+BATCH = 25_000  # per transaction: bigger batches touch each index page once for many records
 _UPSERT = (
     f"INSERT INTO usage_records ({', '.join(COLUMNS)}, recorded_at) VALUES ({', '.join('?' * (len(COLUMNS) + 1))}) "
     "ON CONFLICT (record_id) DO UPDATE SET "
@@ -58,7 +58,8 @@ class Check:
 
     @property
     def fits(self) -> bool:
-        return self.need <= self.remaining + 1e-9
+        """A limit the job does not draw on never refuses it, even when others overdrew it."""
+        return self.need <= 0 or self.need <= self.remaining + 1e-9
 
     def label(self) -> str:
         return f"{self.kind} accelerator-hours" if self.kind else RESOURCE_NAMES[self.resource]
@@ -87,9 +88,10 @@ class Ledger:
                release_native: tuple[str, Sequence[str]] | None = None, batch: int = BATCH) -> int:
         """Upsert records in batches (each batch one transaction, so a killed sync loses nothing it
         committed and a rerun rewrites the same rows); reservations are released with the last batch."""
+        self.db.may_rewrite  # noqa: B018 - asked once, outside the write transactions
         # Parsing (the records iterator) runs in a thread while this one writes: the database works with
         # the GIL released, so the two overlap. The queue is short, so memory stays a few batches.
-        batches: queue.Queue[list[tuple[object, ...]] | None] = queue.Queue(maxsize=3)
+        batches: queue.Queue[list[tuple[object, ...]] | None] = queue.Queue(maxsize=1)
         stop = threading.Event()
         failure: list[BaseException] = []
 
@@ -121,37 +123,45 @@ class Ledger:
         producer = threading.Thread(target=produce, name="suanli-ledger-parse", daemon=True)
         producer.start()
         n = 0
+        pending: list[tuple[object, ...]] | None = None  # the last batch shares its transaction with the release
         try:
             while (item := batches.get()) is not None:
-                if item:
+                if pending:
                     with self.db.transaction() as tx:
-                        self._upsert(tx, item)
-                    n += len(item)
+                        self._upsert(tx, pending)
+                    n += len(pending)
+                pending = item
         finally:
             stop.set()
             producer.join()
+        with self.db.transaction() as tx:
+            if pending:
+                self._upsert(tx, pending)
+                n += len(pending)
+            if not failure:
+                self._release(tx, release_jobs, release_native)
         if failure:
             raise failure[0]
-        with self.db.transaction() as tx:
-            self._release(tx, release_jobs, release_native)
         return n
 
-    @staticmethod
-    def _upsert(tx: Tx, rows: list[tuple[object, ...]]) -> None:
+    def _upsert(self, tx: Tx, rows: list[tuple[object, ...]]) -> None:
         if tx.dialect == "sqlite":
             tx.executemany(_UPSERT, rows)
             return
+        rewrite = self.db.may_rewrite
         # PostgreSQL: COPY into a session table, then one INSERT ... ON CONFLICT (5x executemany's rate).
         cols = ", ".join((*COLUMNS, "recorded_at"))
         tx.execute("CREATE TEMP TABLE IF NOT EXISTS usage_stage (LIKE usage_records) ON COMMIT DELETE ROWS")
+        unique = {row[0]: row for row in rows}  # ON CONFLICT may touch a row once per statement
         with tx.cur.copy(f"COPY usage_stage ({cols}) FROM STDIN") as copy:
-            for row in rows:
+            for row in unique.values():
                 copy.write_row(row)
         updates = ", ".join(
             f"{c} = COALESCE(excluded.{c}, usage_records.{c})" if c == "job_id" else f"{c} = excluded.{c}"
             for c in (*COLUMNS[1:], "recorded_at"))
-        tx.execute(f"INSERT INTO usage_records ({cols}) SELECT DISTINCT ON (record_id) {cols} FROM usage_stage "
-                   f"ORDER BY record_id, recorded_at DESC ON CONFLICT (record_id) DO UPDATE SET {updates}")
+        conflict = f"DO UPDATE SET {updates}" if rewrite else "DO NOTHING"
+        tx.execute(f"INSERT INTO usage_records ({cols}) SELECT {cols} FROM usage_stage "
+                   f"ON CONFLICT (record_id) {conflict}")
 
     def release(self, job_ids: Sequence[str] = (), native: tuple[str, Sequence[str]] | None = None) -> None:
         with self.db.transaction() as tx:
@@ -159,15 +169,26 @@ class Ledger:
 
     @staticmethod
     def _release(tx: Tx, job_ids: Sequence[str], native: tuple[str, Sequence[str]] | None) -> None:
-        for i in range(0, len(job_ids), 500):
-            chunk = list(job_ids[i:i + 500])
-            tx.execute(f"DELETE FROM reservations WHERE job_id IN ({', '.join('?' * len(chunk))})", chunk)
+        """Delete the reservations of these suanli jobs, and of every job on ``native[0]`` whose native ids
+        (all parts of a split array) are all in ``native[1]``."""
+        ids = list(job_ids)
         if native and native[1]:
-            ids = list(native[1])
-            for i in range(0, len(ids), 500):
-                chunk = ids[i:i + 500]
-                tx.execute(f"DELETE FROM reservations WHERE cluster = ? AND native_id IN "
-                           f"({', '.join('?' * len(chunk))})", [native[0], *chunk])
+            done = set(native[1])
+            for job_id, text in tx.all("SELECT job_id, native_id FROM reservations WHERE cluster = ? AND "
+                                       "native_id IS NOT NULL", (native[0],)):
+                parts = [p for p in str(text).split(",") if p]
+                if parts and all(p in done for p in parts):
+                    ids.append(job_id)
+        for i in range(0, len(ids), 500):
+            chunk = ids[i:i + 500]
+            tx.execute(f"DELETE FROM reservations WHERE job_id IN ({', '.join('?' * len(chunk))})", chunk)
+
+    def reserved_natives(self, cluster: str) -> set[str]:
+        """Native ids (each part of a split array) that hold a reservation on this cluster."""
+        with self.db.transaction() as tx:
+            rows = tx.all("SELECT native_id FROM reservations WHERE cluster = ? AND native_id IS NOT NULL",
+                          (cluster,))
+        return {n for (text,) in rows for n in str(text).split(",") if n}
 
     def reservations(self) -> list[dict[str, Any]]:
         with self.db.transaction() as tx:
@@ -260,6 +281,10 @@ class Ledger:
         for q in quotas:
             win = q.window(now)
             if win is None:
+                if only is not None:  # `quota show` lists it, marked, so its id can be found for `quota rm`
+                    span = f"{q.start or 'the start'}..{q.end or 'open end'}"
+                    out.extend(Check(q, f"not in force ({span})", r, k, lim, 0.0, 0.0, 0.0)
+                               for r, k, lim in q.limits())
                 continue
             label, lo, hi = win
             used = self._sums(tx, "usage_records", q, lo, hi)
@@ -287,12 +312,15 @@ class Ledger:
         if q.cluster:
             clauses.append("cluster = ?")
             params.append(q.cluster)
+        # The month bounds let the (account, month) index work; end_time is the real filter. They are one
+        # month wider on each side because a record's month is the writer's local month, and a shared
+        # ledger may be written from another time zone.
         if lo is not None and lo != float("-inf"):
-            clauses.append("end_time >= ?")
-            params.append(lo)
+            clauses += ["end_time >= ?", "month >= ?"]
+            params += [lo, _month(lo, -1)]
         if hi is not None and hi != float("inf"):
-            clauses.append("end_time < ?")
-            params.append(hi)
+            clauses += ["end_time < ?", "month <= ?"]
+            params += [hi, _month(hi - 1, +1)]
         rows = tx.all(f"SELECT accelerator_kind, SUM(cpu_seconds), SUM(accelerator_seconds), SUM(charge) FROM {table} "
                       f"WHERE {' AND '.join(clauses)} GROUP BY accelerator_kind", params)
         return {r[0]: (float(r[1] or 0), float(r[2] or 0), float(r[3] or 0)) for r in rows}
@@ -384,3 +412,10 @@ def _pick(sums: dict[str | None, tuple[float, ...]], resource: str, kind: str | 
     if resource == "charge":
         return sum(v[2] for v in sums.values())
     return sums.get(kind, (0.0, 0.0, 0.0))[1] / 3600
+
+
+def _month(t: float, shift: int) -> str:
+    """YYYY-MM of the local month of ``t``, moved by ``shift`` months."""
+    lt = time.localtime(t)
+    index = lt.tm_year * 12 + lt.tm_mon - 1 + shift
+    return f"{index // 12:04d}-{index % 12 + 1:02d}"

@@ -47,6 +47,13 @@ class ParseStats:
     open_jobs: set[str] = field(default_factory=set)
     #: native ids (array base ids too) of jobs seen with a booked allocation.
     booked_jobs: set[str] = field(default_factory=set)
+    #: Only these base ids go into the two sets above (None: all). A centre-wide sync passes the ids that hold
+    #: reservations, so memory stays flat however many jobs stream past.
+    track: set[str] | None = None
+
+    def note(self, which: set[str], base: str) -> None:
+        if self.track is None or base in self.track:
+            which.add(base)
 
 
 def _gres_kinds() -> dict[str, str]:
@@ -118,7 +125,14 @@ def parse_usage(lines: Iterable[str], cluster: str, rates: Rates = no_rates, *, 
         names = first.rstrip("\n").split(delimiter)
     idx = {n.strip().lower(): i for i, n in enumerate(names)}
     width = len(names)
-    attempts: dict[str, int] = {}
+    attempt_of: tuple[str, int] = ("", -1)
+    seen: dict[str, str] = {}
+
+    def same(text: str) -> str:
+        """One string object per distinct user, account, day...: the rows in flight take far less memory."""
+        if len(seen) > 100_000:
+            seen.clear()
+        return seen.setdefault(text, text)
 
     def at(*keys: str) -> int:
         """The column of the first key present; ``width`` (an empty cell appended to each row) if none is."""
@@ -167,7 +181,7 @@ def parse_usage(lines: Iterable[str], cluster: str, rates: Rates = no_rates, *, 
         end = when(end_text)
         if state in OPEN_STATES or end is None:
             st.open += 1
-            st.open_jobs.add(base)
+            st.note(st.open_jobs, base)
             continue
         if state not in KNOWN_FINAL and state not in st.unknown_states:
             st.unknown_states.add(state)
@@ -196,21 +210,22 @@ def parse_usage(lines: Iterable[str], cluster: str, rates: Rates = no_rates, *, 
                     acc, kind = _int(n), k
                     break
         acc_s = acc * elapsed
-        part = row[c_part] or None
+        part = same(row[c_part]) or None
         cpu_rate, acc_rate, adapter = rates(part)
         total_cpu = parse_clock(row[c_total])
-        n_attempt = attempts.get(job, 0)
-        attempts[job] = n_attempt + 1
+        # sacct -D prints a job's attempts one after another: count them without remembering every job.
+        n_attempt = attempt_of[1] + 1 if attempt_of[0] == job else 0
+        attempt_of = (job, n_attempt)
         task_text = job.partition("_")[2]
         st.records += 1
-        st.booked_jobs.add(base)
+        st.note(st.booked_jobs, base)
         yield UsageRecord(
             record_id=f"{cluster}|{job}|{int(submit or 0)}|{int(start or 0)}",
             cluster=cluster, backend="slurm", native_id=job, job_id=None,
             array_task=int(task_text) if task_text.isdigit() else None, attempt=n_attempt,
-            user=row[c_user] or None, account=row[c_account] or None, partition=part, adapter=adapter,
+            user=same(row[c_user]) or None, account=same(row[c_account]) or None, partition=part, adapter=adapter,
             accelerator_kind=kind, nodes=nodes, cpus=cpus, accelerators=acc, submit_time=submit, start_time=start,
-            end_time=end, elapsed_s=elapsed, state=state, cpu_seconds=cpu_s, accelerator_seconds=acc_s,
+            end_time=end, elapsed_s=elapsed, state=same(state), cpu_seconds=cpu_s, accelerator_seconds=acc_s,
             charge=charge_of(cpu_s, acc_s, cpu_rate, acc_rate), total_cpu_s=total_cpu, source="sacct",
-            booked_day=end_text[:10],
+            booked_day=same(end_text[:10]),
         )

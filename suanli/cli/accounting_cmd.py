@@ -53,7 +53,9 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     s = qs.add_parser("show", parents=[common], help="limits, used, reserved and remaining")
     s.add_argument("--account", "-A")
     s.add_argument("--json", action="store_true")
-    s = qs.add_parser("rm", parents=[common], help="remove quotas")
+    s = qs.add_parser("rm", parents=[common], help="remove quotas",
+                      description="--id N removes one quota; --account A removes every quota of A that also "
+                                  "matches --user/--cluster when given (all of A's quotas otherwise).")
     s.add_argument("--id", type=int, dest="quota_id")
     s.add_argument("--account", "-A")
     s.add_argument("--user", "-u")
@@ -69,7 +71,7 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
                         description="Incremental and idempotent: running it twice, or again after it was killed, "
                                     "gives the same totals.")
     s.add_argument("--cluster", "-c")
-    s.add_argument("--since", metavar="T", help="ISO date/time or a duration ago (2h, 7d); default: the last sync")
+    s.add_argument("--since", metavar="T", help="ISO date/time or a duration ago (12h, 7d); default: the last sync")
     s.add_argument("--all-users", action="store_true", help="every user's jobs (sacct --allusers; for admins)")
     s.add_argument("--json", action="store_true")
 
@@ -81,19 +83,34 @@ def _client(args: argparse.Namespace) -> Client:
 
 
 def _when(text: str | None, flag: str) -> float | None:
+    """An ISO 8601 date or time (no zone: local time, as in sacct) or a duration ago (7d, 12h)."""
     if text is None:
         return None
     try:
-        return datetime.fromisoformat(text).timestamp()  # no zone: local time
+        return datetime.fromisoformat(text).timestamp()
     except ValueError:
+        pass
+    from suanli.jobs.resources import parse_time
+
+    try:
+        delta = parse_time(text, flag)
+    except UsageError:
+        delta = None
+    if delta is None:
         raise UsageError(f"{flag}: {text!r} is not an ISO 8601 date or time (2026-11-01, 2026-11-01T08:00, "
-                         "2026-11-01T08:00+08:00)") from None
+                         "2026-11-01T08:00+08:00) nor a duration ago (7d, 12h)")
+    return time.time() - delta.total_seconds()
 
 
 # ---------------------------------------------------------------- usage
 def cmd_usage(args: argparse.Namespace) -> int:
     by = [k.strip() for k in args.by.split(",") if k.strip()]
     client = _client(args)
+    if args.cluster and args.cluster not in client.configs.clusters:
+        known = {r["cluster"] for r in client.accounts.ledger.report(["cluster"])}
+        if args.cluster not in known:  # a cluster no longer configured may still have usage
+            raise UsageError(f"usage: --cluster {args.cluster!r} is neither configured nor in the ledger; known: "
+                             f"{', '.join(sorted(set(client.configs.clusters) | known))}")
     rows = client.accounts.ledger.report(by, since=_when(args.since, "--since"), until=_when(args.until, "--until"),
                                          cluster=args.cluster, account=args.account)
     if args.plot:
@@ -277,19 +294,18 @@ def _quota_apply(args: argparse.Namespace) -> int:
 def cmd_accounting(args: argparse.Namespace) -> int:
     if getattr(args, "accounting_verb", None) != "sync":
         raise UsageError("accounting: give an action: sync (suanli accounting sync --help)")
-    since = None
-    if args.since:
-        from suanli.cli.commands import _since
-
-        since = _since(args.since)
+    since = _when(args.since, "--since")
     client = _client(args)
     t0 = time.monotonic()
     results = client.accounts.sync(args.cluster, since, args.all_users)
     if args.json:
         print_json([r.to_json() for r in results])
-        return 0
+        return 4 if any(r.error for r in results) else 0
     body = [[r.cluster, r.backend, r.records, r.open_jobs, r.skipped_lines, ",".join(r.unknown_states)]
             for r in results]
-    sys.stdout.write(table(["CLUSTER", "BACKEND", "RECORDS", "STILL_OPEN", "BAD_LINES", "NEW_STATES"], body))
+    sys.stdout.write(table(["CLUSTER", "BACKEND", "WRITTEN", "STILL_OPEN", "BAD_LINES", "NEW_STATES"], body))
     print(f"synced in {time.monotonic() - t0:.1f} s into {client.accounts.ledger.where}", file=sys.stderr)
-    return 0
+    for r in results:
+        if r.error:
+            print(f"suanli: error: {r.error}", file=sys.stderr)
+    return 4 if any(r.error for r in results) else 0

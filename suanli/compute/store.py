@@ -116,6 +116,9 @@ class Store:
             self.root.mkdir(parents=True, exist_ok=True)
             conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None, check_same_thread=False)
             conn.execute("PRAGMA busy_timeout = 30000")
+            # WAL + NORMAL: a commit is atomic and survives a crash of any process, without an fsync per
+            # commit (which cost ~3 ms of every submission); only a power cut may lose the last commits.
+            conn.execute("PRAGMA synchronous = NORMAL")
             version = conn.execute("PRAGMA user_version").fetchone()[0]
             if version < SCHEMA_VERSION:
                 self._migrate(conn)

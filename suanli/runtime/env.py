@@ -48,7 +48,9 @@ def environment(env: dict[str, str] | None = None) -> Environment:
     job_id = e.get("SUANLI_JOB_ID") or e.get("SLURM_JOB_ID")
     adapter = e.get("SUANLI_ADAPTER", "cpu")
     if "RANK" in e and "WORLD_SIZE" in e and "LOCAL_RANK" in e:
-        launcher = "ray" if e.get("SUANLI_LAUNCHER") == "ray" else "torchrun"
+        # suanli's own launchers (Slurm's srun ranks, Ray workers) say who they are; otherwise torchrun.
+        own = e.get("SUANLI_LAUNCHER", "")
+        launcher = own if own in ("ray", "slurm") else "torchrun"
         rank, world = _int(e, "RANK"), _int(e, "WORLD_SIZE", default=1)
         local_rank = _int(e, "LOCAL_RANK")
         local_world = _int(e, "LOCAL_WORLD_SIZE", default=world)

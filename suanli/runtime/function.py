@@ -77,6 +77,17 @@ def _checkpoint(job_dir: Path, task: str | None, fn: Any, args: tuple[Any, ...],
     sys.stderr.write(f"suanli: checkpointed and requeued job {job}\n")
     return True
 
+def failure(exc: BaseException) -> bytes:
+    """The outcome of a call that raised: the exception (when it pickles) and its traceback, also on stderr."""
+    import cloudpickle
+
+    tb = traceback.format_exc()
+    sys.stderr.write(tb)
+    try:
+        return bytes(cloudpickle.dumps(("error", exc, tb, repr(exc))))
+    except Exception:
+        return bytes(cloudpickle.dumps(("error", None, tb, repr(exc))))
+
 
 def main(argv: list[str]) -> int:
     import cloudpickle
@@ -109,13 +120,7 @@ def main(argv: list[str]) -> int:
         _write(outcome_path(job_dir, task), cloudpickle.dumps(("error", None, tb, "TimeoutError()")))
         return 1
     except BaseException as exc:  # the job's own failure, reported to the submitter
-        tb = traceback.format_exc()
-        sys.stderr.write(tb)
-        try:
-            data = cloudpickle.dumps(("error", exc, tb, repr(exc)))
-        except Exception:
-            data = cloudpickle.dumps(("error", None, tb, repr(exc)))
-        _write(outcome_path(job_dir, task), data)
+        _write(outcome_path(job_dir, task), failure(exc))
         sys.stderr.flush()
         return 1
     _write(outcome_path(job_dir, task), data)

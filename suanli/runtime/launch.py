@@ -40,6 +40,7 @@ def torch_env(env: dict[str, str]) -> dict[str, str]:
         "LOCAL_WORLD_SIZE": str(tasks_on_this_node(env)),
         "GROUP_RANK": env.get("SLURM_NODEID", "0"),
         "NODE_RANK": env.get("SLURM_NODEID", "0"),
+        "SUANLI_LAUNCHER": "slurm",  # environment() then says slurm, not torchrun, for these variables
     }
 
 

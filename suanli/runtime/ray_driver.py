@@ -134,7 +134,7 @@ def _function_task(job_dir: Path, task: int | None, stem: str, workdir: str) -> 
     """Run the pickled callable here, with this worker's stdout/stderr sent to the task's log files."""
     import cloudpickle
 
-    from suanli.runtime.function import _load, _write, outcome_path
+    from suanli.runtime.function import _load, _write, failure, outcome_path
 
     key = None if task is None else str(task)
     outcome_path(job_dir, key).unlink(missing_ok=True)
@@ -154,12 +154,7 @@ def _function_task(job_dir: Path, task: int | None, stem: str, workdir: str) -> 
             fn, args, kwargs = _load(job_dir, key)
             data = cloudpickle.dumps(("ok", fn(*args, **kwargs)))
         except BaseException as exc:  # the job's own failure, reported to the submitter
-            tb = traceback.format_exc()
-            sys.stderr.write(tb)
-            try:
-                data = cloudpickle.dumps(("error", exc, tb, repr(exc)))
-            except Exception:
-                data = cloudpickle.dumps(("error", None, tb, repr(exc)))
+            data = failure(exc)
             code = 1
         _write(outcome_path(job_dir, key), data)
     finally:

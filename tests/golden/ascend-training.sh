@@ -64,8 +64,8 @@ sbatch
 --cpus-per-task=24
 --account=ai-lab
 --time=2-00:00:00
---signal=B:USR2@90
 --gres=npu:8
+--signal=B:USR2@90
 --no-requeue
 --open-mode=append
 --output=<JOB_DIR>/job.out

@@ -61,8 +61,8 @@ sbatch
 --cpus-per-task=8
 --account=ai-lab
 --time=0-12:00:00
---signal=B:USR2@90
 --gres=gpu:4
+--signal=B:USR2@90
 --requeue
 --open-mode=append
 --output=<JOB_DIR>/job.out

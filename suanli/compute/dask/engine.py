@@ -31,9 +31,10 @@ from suanli.compute import script as sh
 from suanli.compute.base import Backend, Submission
 from suanli.compute.config import ClusterConfig, Configs
 from suanli.compute.payload import suanli_pythonpath
+from suanli.compute.sbatch import resource_options
 from suanli.compute.store import JobRow, Store
 from suanli.errors import BackendError, JobFailedError, RemoteTraceback, UsageError
-from suanli.jobs.resources import Resources, format_slurm_time
+from suanli.jobs.resources import Resources
 from suanli.jobs.spec import Function, JobSpec
 from suanli.jobs.state import JobState, combine_states
 
@@ -232,23 +233,11 @@ class Pilots:
     def sbatch_argv(self, pilot_id: str) -> list[str]:
         """Every scheduler option on the command line, none in the script."""
         sub = self.req.sub
-        spec, res = sub.spec, sub.spec.resources
+        res = sub.spec.resources
         d = self.job_dir(pilot_id)
         argv = [*self.env_prefix, "sbatch", "--parsable", f"--job-name=suanli-dask-{self.sweep_id}",
                 f"--partition={sub.partition.name}", "--nodes=1", "--ntasks=1", f"--cpus-per-task={res.cpus_per_task}",
-                "--no-requeue", f"--output={d}/job.out", f"--error={d}/job.err"]
-        if spec.account:
-            argv.append(f"--account={spec.account}")
-        if spec.qos:
-            argv.append(f"--qos={spec.qos}")
-        if spec.constraint:
-            argv.append(f"--constraint={spec.constraint}")
-        if res.memory_mb:
-            argv.append(f"--mem={res.memory_mb}M")
-        if res.time_limit is not None:
-            argv.append(f"--time={format_slurm_time(res.time_limit)}")
-        if res.accelerators_per_node:
-            argv.append(f"--gres={sub.adapter.gres_name or 'gpu'}:{res.accelerators_per_node}")
+                "--no-requeue", f"--output={d}/job.out", f"--error={d}/job.err", *resource_options(sub)]
         return argv
 
     def cancel_argv(self) -> list[str]:

@@ -15,9 +15,9 @@ from suanli.compute import script as sh
 from suanli.compute.base import Backend, JobRef, NativeStatus, Plan, Submission, TaskKey
 from suanli.compute.config import ClusterConfig
 from suanli.compute.payload import PAYLOAD, function_argv, function_payload, suanli_pythonpath
+from suanli.compute.sbatch import resource_options
 from suanli.compute.slurm import parse
 from suanli.errors import BackendError, UsageError
-from suanli.jobs.resources import format_slurm_time
 from suanli.jobs.spec import MPI, Array, Command, Function, Map, Training
 
 #: Messages of a busy or restarting slurmctld: worth a bounded retry, unlike a refusal.
@@ -180,22 +180,9 @@ class SlurmBackend(Backend):
         )
         argv = ["sbatch", "--parsable", f"--job-name={slurm_name(spec.display_name)}",
                 f"--partition={sub.partition.name}", f"--nodes={res.nodes}", f"--ntasks-per-node={tasks_per_node}",
-                f"--cpus-per-task={res.cpus_per_task}"]
-        if spec.account:
-            argv.append(f"--account={spec.account}")
-        if spec.qos:
-            argv.append(f"--qos={spec.qos}")
-        if spec.constraint:
-            argv.append(f"--constraint={spec.constraint}")
-        if res.memory_mb:
-            argv.append(f"--mem={res.memory_mb}M")
-        if res.time_limit is not None:
-            argv.append(f"--time={format_slurm_time(res.time_limit)}")
-            if res.time_limit.total_seconds() > 2 * self.signal_s:
-                argv.append(f"--signal=B:USR2@{self.signal_s}")
-        if res.accelerators_per_node:
-            gres = sub.adapter.gres_name or "gpu"
-            argv.append(f"--gres={gres}:{res.accelerators_per_node}")
+                f"--cpus-per-task={res.cpus_per_task}", *resource_options(sub)]
+        if res.time_limit is not None and res.time_limit.total_seconds() > 2 * self.signal_s:
+            argv.append(f"--signal=B:USR2@{self.signal_s}")
         stem = "job"
         layout: dict[str, object] = {}
         if spec.array is not None:
