@@ -130,7 +130,7 @@ class Accounts:
                 rows = self._with_reserved_done(rows)
                 local = [r for r in rows if r.backend != "slurm"]
                 if local:
-                    self.ledger.record(self._registry_records(local), release_jobs=[r.id for r in local])
+                    self.ledger.record(list(self._registry_records(local)), release_jobs=[r.id for r in local])
                 by_cluster: dict[str, list[JobRow]] = {}
                 for r in rows:
                     if r.backend == "slurm" and r.native_id:

@@ -138,7 +138,7 @@ def _up(args: argparse.Namespace) -> int:
         raise UsageError(f"ray up: a head for cluster {cfg.name!r} is already running (suanli ray down --cluster "
                          f"{cfg.name} stops it)")
     os.makedirs(opts.temp_dir, exist_ok=True)
-    proc = subprocess.run(argv, capture_output=True, text=True, env=rc.head_env(), timeout=START_TIMEOUT_S)
+    proc = subprocess.run(argv, capture_output=True, text=True, env=rc.head_env(opts.temp_dir), timeout=START_TIMEOUT_S)
     if proc.returncode != 0:
         lines = [ln for ln in (proc.stderr or proc.stdout).strip().splitlines() if ln.strip()]
         rc.stop_head(opts.temp_dir)

@@ -34,10 +34,12 @@ cpus=${SUANLI_TEST_RAY_CPUS:-2}
 npus=${SUANLI_TEST_RAY_NPUS:-4}
 
 # Ray writes unix sockets under its temp dir, whose paths must stay below ~107 characters: keep it short.
-head_pids() {  # every process of this head: its command line names the head's temp dir
+head_pids() {  # every process of this head: its command line names the head's temp dir, or (for those that
+    # rename themselves, such as ray::DashboardAgent) its environment carries SUANLI_RAY_HEAD=<temp dir>
     local tmp=$1 p
     for p in /proc/[0-9]*; do
-        if tr '\0' ' ' < "$p/cmdline" 2>/dev/null | grep -qF -- "$tmp"; then
+        if { tr '\0' ' ' < "$p/cmdline"; } 2>/dev/null | grep -qF -- "$tmp" \
+            || { tr '\0' '\n' < "$p/environ"; } 2>/dev/null | grep -qxF -- "SUANLI_RAY_HEAD=$tmp"; then
             echo "${p#/proc/}"
         fi
     done
@@ -71,6 +73,7 @@ start)
     export RAY_AUTH_MODE=${RAY_AUTH_MODE:-disabled}
     export RAY_USAGE_STATS_ENABLED=0
     export RAY_JOB_START_TIMEOUT_SECONDS=${RAY_JOB_START_TIMEOUT_SECONDS:-60}
+    export SUANLI_RAY_HEAD="$tmp"  # inherited by every process of the head, so `stop` finds them all
     if ! "$RAY" start --head --port "$port" --dashboard-host 127.0.0.1 --dashboard-port "$dash" \
         --ray-client-server-port "$client" --dashboard-agent-listen-port "$agent" \
         --num-cpus "$cpus" --num-gpus 0 --resources "{\"NPU\": $npus}" \

@@ -129,12 +129,17 @@ def up_argv(o: HeadOptions) -> list[str]:
     return argv
 
 
-def head_env() -> dict[str, str]:
+HEAD_MARK = "SUANLI_RAY_HEAD"
+
+
+def head_env(temp_dir: str) -> dict[str, str]:
     """No usage statistics, and the auth mode stated (an embedded ray.init() may have left a token behind that
-    would otherwise switch this head to token auth)."""
+    would otherwise switch this head to token auth). Every process of the head inherits SUANLI_RAY_HEAD, which
+    finds the ones that rename themselves (ray::DashboardAgent's command line no longer names the temp dir)."""
     env = dict(os.environ)
     env["RAY_USAGE_STATS_ENABLED"] = "0"
     env.setdefault("RAY_AUTH_MODE", "disabled")
+    env[HEAD_MARK] = temp_dir
     return env
 
 
@@ -163,6 +168,13 @@ def head_pids(temp_dir: str) -> list[int]:
         except OSError:
             continue
         if temp_dir in cmdline:
+            out.append(int(entry.name))
+            continue
+        try:
+            environ = (entry / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if f"{HEAD_MARK}={temp_dir}".encode() in environ:
             out.append(int(entry.name))
     return out
 
