@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import getpass
+import logging
 import os
 import secrets
 import time
@@ -20,11 +21,13 @@ from suanli.compute.base import Backend, DependencyRef, JobRef, Plan, Submission
 from suanli.compute.config import ClusterConfig, Configs, PartitionConfig, load_configs
 from suanli.compute.registry import get_backend
 from suanli.compute.store import JobRow, Store, TaskUpdate
-from suanli.errors import JobFailedError, RemoteTraceback, UsageError
+from suanli.errors import BackendError, JobFailedError, RemoteTraceback, UsageError
 from suanli.jobs.handle import Job, JobArray, JobController, Stream
 from suanli.jobs.record import JobInfo
 from suanli.jobs.resources import Resources
 from suanli.jobs.spec import MPI, Array, Command, Dependency, Function, JobSpec, Map, Training
+
+log = logging.getLogger("suanli")
 
 if TYPE_CHECKING:
     from suanli.accounts import Accounts
@@ -282,7 +285,7 @@ class Client(JobController):
         return Job(row.id, self, task)
 
     # ------------------------------------------------------------ status
-    def refresh(self, rows: Sequence[JobRow]) -> None:
+    def refresh(self, rows: Sequence[JobRow], strict: bool = False) -> None:
         """Ask each backend once for every unfinished task of these jobs; terminal states are cached."""
         from suanli.jobs.state import JobState
 
@@ -297,7 +300,15 @@ class Client(JobController):
                 groups.setdefault((r.cluster, r.backend), []).append(self._ref(r, live))
         updates: list[TaskUpdate] = []
         for (cluster, backend_name), refs in groups.items():
-            statuses = self.backend(cluster, backend_name).status_many(refs)
+            try:
+                statuses = self.backend(cluster, backend_name).status_many(refs)
+            except (BackendError, UsageError) as exc:
+                # One unreachable (or no longer configured) cluster must not hide the others: its jobs keep
+                # their last known states. Waiting on them (strict) fails instead of waiting forever.
+                if strict:
+                    raise
+                log.warning("cluster %s: states not refreshed: %s", cluster, exc)
+                continue
             for (job_id, task), st in statuses.items():
                 updates.append(TaskUpdate(job_id, task, st.state, st.reason, st.restarts, st.started_at,
                                           st.ended_at, st.exit_code, st.native_id))
@@ -306,9 +317,9 @@ class Client(JobController):
         if ended:
             self.accounts.finished(ended)
 
-    def list_infos(self, rows: Sequence[JobRow], refresh: bool = True) -> list[JobInfo]:
+    def list_infos(self, rows: Sequence[JobRow], refresh: bool = True, strict: bool = False) -> list[JobInfo]:
         if refresh:
-            self.refresh(rows)
+            self.refresh(rows, strict)
             rows = self.store.query(ids=[r.id for r in rows]) if any(not r.done for r in rows) else rows
         return self.store.infos(rows)
 
@@ -323,7 +334,7 @@ class Client(JobController):
 
     # ------------------------------------------------------------ JobController
     def infos(self, job_id: str) -> list[JobInfo]:
-        return self.list_infos([self._row(job_id)])
+        return self.list_infos([self._row(job_id)], strict=True)
 
     def wait_for(self, keys: Sequence[tuple[str, int | None]], timeout: float | None) -> list[JobInfo]:
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -332,7 +343,7 @@ class Client(JobController):
         interval = min(self.backend(rows[0].cluster, rows[0].backend).poll_initial_s, 1.0) if rows else 0.1
         ceiling = self._poll_ceiling(rows)
         while True:
-            infos = self.list_infos(rows)
+            infos = self.list_infos(rows, strict=True)
             picked = [i for i in infos if (i.id, i.array_task) in wanted or (i.id, None) in wanted]
             if all(i.state.is_terminal for i in picked):
                 return picked

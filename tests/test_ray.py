@@ -10,8 +10,8 @@ import argparse
 import importlib.util
 import json
 import os
-import shutil
 import socket
+import subprocess
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -109,7 +109,7 @@ def where_am_i() -> dict[str, Any]:
     return {"launcher": e.launcher, "job_id": e.job_id, "rank": e.rank, "world": e.world_size}
 
 
-HOSTILE = "a'b \"c\" $(touch /tmp/suanli-pwned) `id` ; | & > * \\ \n end"
+HOSTILE = "a'b \"c\" $(touch /tmp/suanli-pwned) `id` ; | & > * \\ \n ${HOME}|$HOME|${PATH:-x} end"
 
 
 def test_command_job_end_to_end(ray: Any, ray_address: str) -> None:
@@ -243,6 +243,80 @@ def test_dependency_waits_for_the_first_job(ray: Any, tmp_path: Path) -> None:
     assert second.logs() == "done\n"
 
 
+def test_waiting_for_a_dependency_is_pending_and_not_timed(ray: Any) -> None:
+    """The wait is neither run time (PENDING, no start time) nor counted against the time limit."""
+    first = ray.submit(["sleep", "6"], time="5m")
+    second = ray.submit(["echo", "ran"], after=first, time="4s")
+    deadline = time.time() + 30
+    while second.info().reason != "Dependency":
+        assert time.time() < deadline, second.info()
+        time.sleep(0.3)
+    assert second.status() is JobState.PENDING
+    assert second.wait(timeout=90) is JobState.COMPLETED, second.logs("stderr")
+    assert second.info().started_at >= first.info().ended_at - 1
+
+
+def test_task_limits_count_from_the_start_on_a_worker(ray: Any) -> None:
+    """4 tasks of 2.5 s on 2 CPUs with a 4 s limit each: the queued two must not time out while they wait."""
+    arr = ray.map(_nap, range(4), time="4s")
+    assert arr.results(timeout=120) == [0, 1, 2, 3]
+    env_job = ray.submit(_env, "EVIL", env={"EVIL": HOSTILE}, time="1m")
+    assert env_job.result(timeout=60) == HOSTILE  # a Function's env arrives verbatim too
+
+
+def _nap(i: int) -> int:
+    time.sleep(2.5)
+    return i
+
+
+def _env(name: str) -> str:
+    return os.environ[name]
+
+
+def test_time_limit_stops_grandchildren_and_cancel_after_end_keeps_the_state(ray: Any) -> None:
+    token = f"{171700 + os.getpid() % 97}"
+    job = ray.submit(["sh", "-c", f"sleep {token}; echo after"], time="3s")
+    assert job.wait(timeout=60) is JobState.TIMEOUT
+    deadline = time.time() + 10
+    while subprocess.run(["pgrep", "-f", f"sleep {token}"], capture_output=True).returncode == 0:
+        assert time.time() < deadline, "the job's grandchild outlived its time limit"
+        time.sleep(0.3)
+    failed = ray.submit(["sh", "-c", "exit 3"], time="1m")
+    assert failed.wait(timeout=60) is JobState.FAILED
+    failed.cancel()
+    assert failed.status() is JobState.FAILED and failed.info().exit_code == 3
+
+
+def test_status_survives_an_unreachable_cluster(ray: Any) -> None:
+    """A job on a cluster that is gone keeps its last state; the other clusters' jobs are still listed."""
+    from suanli.compute.store import JobRow
+
+    row = JobRow(id="zgone001", name="gone", cluster="deadray", backend="ray", native_id="zgone001",
+                 kind="command", partition="cpu", account=None, user="u", submitted_at=time.time(),
+                 job_dir=str(Path(ray.store.root) / "jobs" / "zgone001"), meta={}, done=False)
+    ray.store.insert(row, [None], JobState.RUNNING, None)
+    live = ray.submit(["true"], time="1m")
+    r = run_cli("status", "--json")
+    assert r.returncode == 0, r.stderr
+    states = {i["id"]: i["state"] for i in json.loads(r.stdout)}
+    assert states["zgone001"] == "RUNNING" and live.id in states
+    assert "cluster deadray: states not refreshed" in r.stderr
+    ray.store.delete("zgone001")
+
+
+def test_head_pids_never_match_a_longer_folder_name(tmp_path: Path) -> None:
+    from suanli.compute.ray.cluster import head_pids
+
+    other = subprocess.Popen(["sh", "-c", "sleep 30", "sh", f"{tmp_path}/head-ab/session"])
+    try:
+        time.sleep(0.2)
+        assert other.pid not in head_pids(f"{tmp_path}/head-a")
+        assert other.pid in head_pids(f"{tmp_path}/head-ab")
+    finally:
+        other.kill()
+        other.wait()
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -277,8 +351,7 @@ def test_ray_up_and_down(home: Path, tmp_path: Path, ray_address: str) -> None:
         assert run("ray", "down", "--cluster", "upray") == 0
     from suanli.compute.ray.cluster import head_pids
 
-    assert head_pids(temp) == []
-    shutil.rmtree(temp, ignore_errors=True)
+    assert head_pids(temp) == [] and not os.path.exists(temp)  # `down` removes the folder `up` made
     with urllib.request.urlopen(f"{ray_address}/api/version", timeout=10):
         pass  # the test head is untouched
 

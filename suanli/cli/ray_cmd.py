@@ -137,8 +137,15 @@ def _up(args: argparse.Namespace) -> int:
     if state.exists() and rc.head_pids(json.loads(state.read_text())["temp_dir"]):
         raise UsageError(f"ray up: a head for cluster {cfg.name!r} is already running (suanli ray down --cluster "
                          f"{cfg.name} stops it)")
+    info["created_temp_dir"] = not os.path.exists(opts.temp_dir)  # `down` removes only a folder `up` made
     os.makedirs(opts.temp_dir, exist_ok=True)
-    proc = subprocess.run(argv, capture_output=True, text=True, env=rc.head_env(opts.temp_dir), timeout=START_TIMEOUT_S)
+    try:
+        proc = subprocess.run(argv, capture_output=True, text=True, env=rc.head_env(opts.temp_dir),
+                              timeout=START_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        rc.stop_head(opts.temp_dir)
+        raise BackendError(f"ray start did not finish within {START_TIMEOUT_S:g} s; see {opts.temp_dir}/session_latest/"
+                           "logs") from None
     if proc.returncode != 0:
         lines = [ln for ln in (proc.stderr or proc.stdout).strip().splitlines() if ln.strip()]
         rc.stop_head(opts.temp_dir)
@@ -170,6 +177,10 @@ def _down(args: argparse.Namespace) -> int:
     info = json.loads(state.read_text())
     stopped = rc.stop_head(info["temp_dir"])
     state.unlink(missing_ok=True)
+    if info.get("created_temp_dir", True):  # `up` made it: its sessions and logs go with the head
+        import shutil
+
+        shutil.rmtree(info["temp_dir"], ignore_errors=True)
     if args.json:
         print(json.dumps({"cluster": cfg.name, "stopped_processes": stopped}))
     else:

@@ -35,6 +35,9 @@ TASKS_FILE = "ray-tasks.json"
 CANCEL = "cancel"
 TIMED_OUT = "timed-out"
 DEPENDENCY_FAILED = "dependency-failed"
+WAITING = "waiting-dependency"  # present while the driver waits for a dependency: the job is still PENDING
+STARTED = "started"  # written when the job's own work starts (Ray's start_time counts the waiting too)
+EXIT_DRIVER = 70  # the driver itself failed (a missing job folder, a broken config): not the job's exit code
 KILL_GRACE_S = 5.0
 EXIT_TIMEOUT = 124
 EXIT_CANCELLED = 143
@@ -85,6 +88,10 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
         proc.wait()
 
 
+#: Children running now, each in its own process group: the time limit stops them all, grandchildren too.
+LIVE: set[subprocess.Popen[bytes]] = set()
+
+
 def run_child(argv: list[str], job_dir: Path, stem: str, workdir: str, env: dict[str, str]) -> int:
     """Run one child in its own process group with its output appended to STEM.out/.err; SIGTERM to this
     process (Ray's stop) stops it."""
@@ -98,6 +105,7 @@ def run_child(argv: list[str], job_dir: Path, stem: str, workdir: str, env: dict
     finally:
         os.close(out)
         os.close(err)
+    LIVE.add(proc)
     previous = signal.getsignal(signal.SIGTERM)
 
     def on_term(signum: int, frame: Any) -> None:
@@ -108,6 +116,7 @@ def run_child(argv: list[str], job_dir: Path, stem: str, workdir: str, env: dict
     try:
         code = proc.wait()
     finally:
+        LIVE.discard(proc)
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, previous)
     return 128 - code if code < 0 else code
@@ -115,11 +124,14 @@ def run_child(argv: list[str], job_dir: Path, stem: str, workdir: str, env: dict
 
 # ---------------------------------------------------------------- Ray tasks (run inside Ray workers)
 def task_body(job_dir: str, task: int | None, kind: str, argv: list[str], workdir: str,
-              setup: list[str]) -> tuple[int, float, float]:
-    """One Function call, Map item or command array task; returns (exit code, started_at, ended_at)."""
+              setup: list[str], env: dict[str, str]) -> tuple[int, float, float]:
+    """One Function call, Map item or command array task; returns (exit code, started_at, ended_at). The
+    job's environment is applied here, not through Ray's runtime_env, which expands $NAME in values."""
     started = time.time()
     folder = Path(job_dir)
     stem = "job" if task is None else f"task-{task}"
+    (folder / f"{STARTED}-{_key(task)}").write_text(str(started))  # the driver's time limit counts from here
+    os.environ.update(env)
     if task is not None:
         os.environ["SUANLI_ARRAY_TASK_ID"] = str(task)
     else:
@@ -193,6 +205,7 @@ def training_agent(job_dir: str, node_rank: int, cfg: dict[str, Any], master: tu
     try:
         for local in range(nproc):
             env = dict(os.environ)
+            env.update(cfg.get("env") or {})
             env.update({
                 "RANK": str(node_rank * nproc + local), "LOCAL_RANK": str(local),
                 "WORLD_SIZE": str(nodes * nproc), "LOCAL_WORLD_SIZE": str(nproc),
@@ -238,12 +251,17 @@ class Driver:
 
     def start_watchdog(self) -> None:
         limit = self.cfg.get("time_limit_s")
-        if not limit or self.cfg["mode"] == "tasks" and self.cfg.get("array"):
-            return  # array tasks have their own limit each
+        if not limit or self.cfg["mode"] == "tasks":
+            return  # Function, Map and array tasks each count their limit from when they start on a worker
 
         def expire() -> None:
             (self.job_dir / TIMED_OUT).write_text(str(time.time()))
             self.log(f"time limit of {limit:g} s reached; stopping the job")
+            for proc in list(LIVE):  # the child's whole process group: grandchildren too
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
             os._exit(EXIT_TIMEOUT)  # Ray ends the job's workers (and their ranks) once the driver is gone
 
         timer = threading.Timer(float(limit), expire)
@@ -276,10 +294,19 @@ class Driver:
         if (self.job_dir / CANCEL).exists():
             self.log("cancelled before it started")
             return EXIT_CANCELLED
-        self.start_watchdog()
-        if not self.wait_dependencies():
-            return 1
+        os.environ.update(self.cfg.get("env") or {})
+        if self.cfg.get("dependencies"):
+            waiting = self.job_dir / WAITING
+            waiting.touch()
+            try:
+                if not self.wait_dependencies():
+                    return 1
+            finally:
+                waiting.unlink(missing_ok=True)
+        self.start_watchdog()  # the limit counts the job's own run, not the wait for its dependencies
         mode = self.cfg["mode"]
+        if mode != "tasks":
+            (self.job_dir / STARTED).write_text(str(time.time()))
         if mode == "command":
             env = dict(os.environ)
             return run_child(_with_setup(self.argv, self.cfg["setup"]), self.job_dir, "job", self.cfg["workdir"], env)
@@ -302,7 +329,8 @@ class Driver:
         remote = ray.remote(task_body).options(max_retries=0, **opts)
         todo: list[int | None] = list(cfg["tasks"])
         limit = int(cfg.get("max_concurrent") or len(todo))
-        per_task_limit = cfg.get("time_limit_s") if cfg.get("array") else None
+        per_task_limit = cfg.get("time_limit_s")
+        env = dict(cfg.get("env") or {})
         states: dict[str, dict[str, Any]] = {_key(t): {"state": "PENDING"} for t in todo}
         running: dict[Any, tuple[int | None, float]] = {}
         self._save(states)
@@ -315,9 +343,8 @@ class Driver:
                     states[_key(t)] = {"state": "CANCELLED", "ended_at": time.time()}
                     dirty = True
                     continue
-                ref = remote.remote(str(self.job_dir), t, cfg["kind"], self.argv, cfg["workdir"], cfg["setup"])
-                running[ref] = (t, time.time())
-                states[_key(t)] = {"state": "RUNNING", "started_at": time.time()}
+                ref = remote.remote(str(self.job_dir), t, cfg["kind"], self.argv, cfg["workdir"], cfg["setup"], env)
+                running[ref] = (t, 0.0)  # 0: queued in Ray, not started on a worker yet
                 dirty = True
             done = ray.wait(list(running), num_returns=1, timeout=0.5)[0] if running else []
             for ref in done:
@@ -326,12 +353,23 @@ class Driver:
                 dirty = True
             now = time.time()
             for ref, (t, started) in list(running.items()):
-                timed_out = per_task_limit is not None and now - started > float(per_task_limit)
+                if not started:
+                    marker = self.job_dir / f"{STARTED}-{_key(t)}"
+                    try:
+                        started = float(marker.read_text() or now)
+                    except (OSError, ValueError):
+                        started = 0.0
+                    if started:
+                        running[ref] = (t, started)
+                        states[_key(t)] = {"state": "RUNNING", "started_at": started}
+                        dirty = True
+                timed_out = bool(started) and per_task_limit is not None and now - started > float(per_task_limit)
                 if timed_out or (self.job_dir / f"cancel-{_key(t)}").exists():
                     ray.cancel(ref, force=True)
                     running.pop(ref)
-                    states[_key(t)] = {"state": "TIMEOUT" if timed_out else "CANCELLED", "started_at": started,
-                                       "ended_at": now}
+                    states[_key(t)] = {"state": "TIMEOUT" if timed_out else "CANCELLED",
+                                       "started_at": started or None, "ended_at": now,
+                                       "reason": "TimeLimit" if timed_out else None}
                     dirty = True
             if dirty and (time.monotonic() - last_save > 0.3 or not (todo or running)):
                 self._save(states)
@@ -435,13 +473,13 @@ def main(argv: list[str]) -> int:
         return Driver(job_dir, rest).run()
     except Exception:
         tb = traceback.format_exc()
-        sys.stderr.write(tb)
+        sys.stderr.write("suanli: the Ray driver failed:\n" + tb)  # Ray's job log keeps it if the folder is gone
         try:
             with open(job_dir / "job.err", "a") as fh:
                 fh.write("suanli: the Ray driver failed:\n" + tb)
         except OSError:
             pass
-        return 1
+        return EXIT_DRIVER
 
 
 if __name__ == "__main__":

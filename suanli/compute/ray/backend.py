@@ -41,6 +41,7 @@ TASK_STATES = StateTable("ray task", {s.value: s for s in (JobState.PENDING, Job
                                                             JobState.FAILED, JobState.CANCELLED, JobState.TIMEOUT)})
 CONFIG = "ray-job.json"  # the names suanli.runtime.ray_driver uses (the runtime is not imported here)
 TASKS_FILE = "ray-tasks.json"
+WAITING, STARTED, EXIT_DRIVER = "waiting-dependency", "started", 70
 NODE_CACHE_S = 10.0
 #: Ray's error types in the words the other backends use.
 _REASONS = {"JOB_ENTRYPOINT_COMMAND_ERROR": "NonZeroExitCode", "JOB_SUPERVISOR_ACTOR_START_TIMEOUT": "StartTimeout",
@@ -129,6 +130,8 @@ class RayBackend(Backend):
             "address": self.address,
             "dependencies": [{"kind": d.kind, "job_id": d.job_id} for d in sub.dependencies],
             "array": spec.array is not None,
+            # The user's variables travel in this file: Ray's runtime_env expands $NAME inside env_vars values.
+            "env": dict(spec.env),
         }
         count = 1
         if isinstance(w, MPI):
@@ -175,7 +178,6 @@ class RayBackend(Backend):
         }
         env.update(suanli_pythonpath())
         env.update(sub.adapter.environment(res))
-        env.update(spec.env)
         argv = [self.python, "-m", "suanli.runtime.ray_driver", job_dir, *argv_tail]
         # Metadata is what Ray keeps of the request (it does not report requested resources later); strings only.
         metadata = {
@@ -248,14 +250,21 @@ class RayBackend(Backend):
                     state = JobState.CANCELLED
                 else:
                     reason = _REASONS.get(d.error_type or "", d.error_type or None)
+                if code == EXIT_DRIVER:
+                    reason = "DriverFailed"  # the cause is in job.err, or in Ray's job log
             elif state is JobState.CANCELLED and (folder / "timed-out").exists():
                 state, reason = JobState.TIMEOUT, "TimeLimit"
+            if state is JobState.RUNNING and (folder / WAITING).exists():
+                state, reason, started = JobState.PENDING, "Dependency", None  # the driver waits, nothing runs
+            elif started is not None:
+                started = _float_file(folder / STARTED) or started  # Ray's start_time includes that wait
             whole = NativeStatus(state=state, reason=reason, exit_code=code, started_at=started, ended_at=ended,
                                  native_id=d.submission_id)
-            if ref.tasks == (None,) or not ref.tasks:
-                out[(ref.job_id, None)] = whole
-                continue
             per_task = _read_tasks(folder)
+            if ref.tasks == (None,) or not ref.tasks:
+                # A Function job is one Ray task: queued in Ray it is PENDING, whatever the driver's state.
+                out[(ref.job_id, None)] = _task_status(whole, per_task["main"]) if "main" in per_task else whole
+                continue
             for t in ref.tasks:
                 out[(ref.job_id, t)] = _task_status(whole, per_task.get("main" if t is None else str(t)))
         return out
@@ -270,6 +279,9 @@ class RayBackend(Backend):
                     if t is not None and folder.is_dir():
                         (folder / f"cancel-{t}").touch()
                 continue
+            status = self._call("get_job_status", client.get_job_status, ref.native_id or ref.job_id)
+            if status.is_terminal():
+                continue  # already ended: a cancel marker now would relabel a FAILED job CANCELLED
             if folder.is_dir():
                 (folder / "cancel").touch()  # seen by a driver that has not started yet
             self._call("stop_job", client.stop_job, ref.native_id or ref.job_id)
@@ -342,6 +354,13 @@ def _task_status(whole: NativeStatus, t: dict[str, Any] | None) -> NativeStatus:
         return NativeStatus(state=state, reason=whole.reason or "DriverEnded", ended_at=whole.ended_at,
                             started_at=(t or {}).get("started_at"), native_id=whole.native_id)
     return NativeStatus(state=JobState.PENDING, reason=whole.reason, native_id=whole.native_id)
+
+
+def _float_file(path: Path) -> float | None:
+    try:
+        return float(path.read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def _mtime(path: Path) -> float | None:

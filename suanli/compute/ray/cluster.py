@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import sys
 import time
@@ -167,7 +168,7 @@ def head_pids(temp_dir: str) -> list[int]:
             cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue
-        if temp_dir in cmdline:
+        if re.search(rf"(^|[\s=]){re.escape(temp_dir)}(/|\s|$)", cmdline):  # the dir itself, not a prefix
             out.append(int(entry.name))
             continue
         try:
