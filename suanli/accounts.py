@@ -78,9 +78,10 @@ class Accounts:
         return self.ledger.db.user or fallback
 
     # ------------------------------------------------------------ admission
-    def estimate(self, sub: Submission) -> Estimate:
+    def estimate(self, sub: Submission, tasks: int | None = None) -> Estimate:
         part = sub.partition
-        return worst_case(sub.spec.resources, sub.spec.task_count, part.charge.cpu_hour, part.charge.accelerator_hour)
+        return worst_case(sub.spec.resources, tasks or sub.spec.task_count, part.charge.cpu_hour,
+                          part.charge.accelerator_hour)
 
     def admit(self, sub: Submission, est: Estimate, *, reserve: bool = True) -> list[Check]:
         """Refuse (QuotaExceeded, exit 3) or reserve the worst case. A ledger that cannot be read refuses
@@ -109,7 +110,8 @@ class Accounts:
             log.warning("job %s: could not note its native id in the ledger: %s", job_id, exc)
 
     def abandoned(self, job_id: str, checks: Sequence[Check]) -> None:
-        """The backend refused the job: give its reservation back."""
+        """Give a reservation back: the backend refused the job, or a dask sweep ended (its pilots' own
+        usage is booked as they end)."""
         if not checks:
             return
         try:

@@ -266,7 +266,12 @@ class Client(JobController):
         if engine == "dask":
             from suanli.compute.dask import run_map
 
-            return run_map(self, fn, items, cluster=cluster, max_workers=max_concurrent, **options)
+            def admit(sub: Submission, workers: int) -> Callable[[], None]:
+                """Quotas hold for sweeps too: the worst case of every pilot at once, released at the end."""
+                checks = self.accounts.admit(sub, self.accounts.estimate(sub, tasks=workers))
+                return lambda: self.accounts.abandoned(sub.job_id, checks)
+
+            return run_map(self, fn, items, cluster=cluster, max_workers=max_concurrent, admit=admit, **options)
         if engine not in (None, "array"):
             raise UsageError(f"map: engine {engine!r} is not available; valid engines: array, dask")
         workload = Map(fn, items)

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from suanli.errors import BackendError, JobFailedError, RemoteTraceback, UsageError
+from suanli.errors import BackendError, JobFailedError, QuotaExceeded, RemoteTraceback, UsageError
 from suanli.jobs.state import JobState
 
 pytestmark = pytest.mark.slurm
@@ -90,7 +90,8 @@ def test_a_failing_item_keeps_the_other_results(slurm: Any) -> None:
     assert len(sweep.pilot_jobs) == 1
 
 
-def test_ctrl_c_cancels_the_pilot_jobs(slurm: Any, slurm_conf: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_ctrl_c_cancels_the_pilot_jobs(slurm: Any, slurm_conf: str, tmp_path: Path, sig: int) -> None:
     script = tmp_path / "sweep.py"
     script.write_text(textwrap.dedent("""
         import time
@@ -120,7 +121,7 @@ def test_ctrl_c_cancels_the_pilot_jobs(slurm: Any, slurm_conf: str, tmp_path: Pa
         else:
             pytest.fail(f"the pilot jobs did not start within 60 s: {natives}")
         time.sleep(1.0)  # some tasks running
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(sig)
         _, err = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
@@ -197,3 +198,49 @@ def test_the_engine_module_imports_nothing_heavy() -> None:
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "[]"
+
+
+def unpicklable_on_one(x: int) -> Any:
+    import threading
+
+    return threading.Lock() if x == 1 else x
+
+
+def exits_on_one(x: int) -> int:
+    if x == 1:
+        raise SystemExit(4)
+    return x
+
+
+def test_items_that_cannot_come_back_or_exit_fail_alone(slurm: Any) -> None:
+    """A result that does not pickle, or an item that raises SystemExit, fails that item only."""
+    sweep = slurm.map(unpicklable_on_one, range(4), engine="dask", max_concurrent=1, time="10m")
+    assert sweep.failed == [1] and [sweep.values[i] for i in (0, 2, 3)] == [0, 2, 3]
+    sweep = slurm.map(exits_on_one, range(4), engine="dask", max_concurrent=1, time="10m")
+    assert sweep.failed == [1] and "SystemExit(4)" in str(sweep.errors[1])
+
+
+def test_a_refused_pilot_ends_the_sweep_quickly(slurm: Any) -> None:
+    t0 = time.monotonic()
+    with pytest.raises(BackendError, match="sbatch refused the dask pilot job"):
+        slurm.map(sq, [1, 2], engine="dask", max_concurrent=1, time="2m", constraint="nosuchfeature")
+    assert time.monotonic() - t0 < 60
+    assert not [r for r in slurm.store.query() if r.kind == "dask-worker"]
+
+
+def test_sweeps_are_held_to_quotas(slurm: Any) -> None:
+    from suanli.accounting.quota import Quota
+
+    slurm.accounts.ledger.set_quota(Quota(account="acct-a", cpu_hours=0.001), "admin")
+    with pytest.raises(QuotaExceeded, match="quota: account acct-a may use up to"):
+        slurm.map(sq, [1, 2], engine="dask", time="10m")
+    assert not [r for r in slurm.store.query() if r.kind == "dask-worker"]
+    assert slurm.accounts.ledger.reservations() == []
+
+
+def test_more_bad_options_are_one_line_errors(fake_slurm: Any) -> None:
+    for opts, match in ((dict(setup=5), "setup 5 is not a shell line"),
+                        (dict(workdir="/nonexistent/dir"), "workdir '/nonexistent/dir' is not a folder"),
+                        (dict(interface="nope0"), "interface 'nope0' is not a network interface")):
+        with pytest.raises(UsageError, match=match):
+            fake_slurm.map(sq, [1], cluster="fake", engine="dask", **opts)

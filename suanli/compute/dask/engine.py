@@ -48,6 +48,7 @@ SPEC_OPTIONS = ("partition", "account", "qos", "constraint", "setup", "workdir",
 #: Options of the dask engine itself.
 ENGINE_OPTIONS = ("interface", "stall_timeout")
 #: With no worker connected and every pilot job ended this long, the sweep gives up (the pilots cannot start).
+RESULT_TIMEOUT_S = 300.0  # to fetch one finished item's value from its worker
 STALL_TIMEOUT_S = 60.0
 _ID_ALPHABET = "abcdefghjkmnpqrstuvwxyz23456789"
 _ADDR = re.compile(r"NodeAddr=(\S+)", re.I)
@@ -175,7 +176,18 @@ def resolve(client: MapClient, fn: Callable[[Any], Any], cluster: str | None, op
             raise UsageError(f"map: unknown option {key!r} for engine 'dask'; valid options: {', '.join(valid)}")
     res = Resources(**res_opts)  # the same one-line UsageErrors as submit's options
     setup = spec_opts.pop("setup", ())
+    if setup is not None and not isinstance(setup, str | list | tuple):
+        raise UsageError(f"map: setup {setup!r} is not a shell line or a list of them")
     setup = (setup,) if isinstance(setup, str) else tuple(setup or ())
+    workdir = spec_opts.get("workdir")
+    if workdir is not None and not os.path.isdir(str(workdir)):
+        raise UsageError(f"map: workdir {workdir!r} is not a folder here; the pilot jobs would run elsewhere")
+    if interface is not None:
+        import psutil
+
+        if interface not in psutil.net_if_addrs():
+            raise UsageError(f"map: interface {interface!r} is not a network interface of this machine; have: "
+                             f"{', '.join(sorted(psutil.net_if_addrs()))}")
     env = dict(spec_opts.pop("env", None) or {})
     spec = JobSpec(workload=Function(fn), resources=res, cluster=cfg.name, setup=setup, env=env,
                    **{k: v for k, v in spec_opts.items() if v is not None})
@@ -222,6 +234,7 @@ class Pilots:
         self.sweep_id = sweep_id
         self.name = req.sub.spec.name or f"dask-worker:{fn_name}"
         self.ids: list[str] = []
+        self.refused: list[str] = []  # sbatch's own words for each pilot it refused
         self.lock = threading.Lock()
         self.closing = threading.Event()
         conf = req.sub.cluster.slurm.get("conf")
@@ -258,7 +271,7 @@ class Pilots:
         env["PYTHONPATH"] = os.pathsep.join(p for p in dict.fromkeys([*own, *paths, *current]) if p)
         env.update(sub.adapter.environment(spec.resources))
         env.update(spec.env)
-        lines = [sh.export_lines(env), f"cd {sh.quote(os.path.abspath(spec.workdir or os.getcwd()))}"]
+        lines = [sh.export_lines(env), f"cd {sh.quote(os.path.abspath(spec.workdir or os.getcwd()))} || exit 1"]
         lines += [*sub.adapter.setup_lines(), *sub.cluster.setup, *sub.partition.setup, *spec.setup]
         return lines
 
@@ -285,12 +298,13 @@ class Pilots:
     def submitted(self, pilot_id: str, native: str) -> None:
         self.client.store.set_native_id(pilot_id, native)
 
-    def failed(self, pilot_id: str) -> None:
-        """sbatch refused: nothing refused stays recorded."""
+    def failed(self, pilot_id: str, why: str) -> None:
+        """sbatch refused: nothing refused stays recorded, but the watchdog learns why."""
         self.client.store.delete(pilot_id)
         with self.lock:
             if pilot_id in self.ids:
                 self.ids.remove(pilot_id)
+            self.refused.append(why)
 
     def rows(self) -> list[JobRow]:
         with self.lock:
@@ -364,8 +378,10 @@ def _job_class(pilots: Pilots) -> type:
             try:
                 out: str = await super()._submit_job(script_filename)
                 native = self._job_id_from_submit_output(out)
-            except BaseException:
-                pilots.failed(self.suanli_id)
+            except BaseException as exc:
+                lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+                error_lines = [ln for ln in lines if "error" in ln.lower()]
+                pilots.failed(self.suanli_id, (error_lines or lines or [type(exc).__name__])[-1])
                 raise
             pilots.submitted(self.suanli_id, native)
             if pilots.closing.is_set():  # sbatch raced with the shutdown: no orphan
@@ -377,7 +393,8 @@ def _job_class(pilots: Pilots) -> type:
 
 # ---------------------------------------------------------------- the sweep
 def run_map(client: MapClient, fn: Callable[[Any], Any], items: Iterable[Any], *, cluster: str | None = None,
-            max_workers: int | None = None, **options: Any) -> Sweep:
+            max_workers: int | None = None,
+            admit: Callable[[Submission, int], Callable[[], None]] | None = None, **options: Any) -> Sweep:
     """Run ``fn(item)`` for every item on dask-jobqueue workers started as Slurm pilot jobs.
 
     The pilots (partition, account, cpus, memory, time from the cluster config and the options) scale with the
@@ -416,7 +433,14 @@ def run_map(client: MapClient, fn: Callable[[Any], Any], items: Iterable[Any], *
         return sweep
     workers = max_workers or min(DEFAULT_MAX_WORKERS, len(items))
     res = req.sub.spec.resources
+    # Quotas: the caller reserves the worst case of `workers` pilots (QuotaExceeded stops it here) and gets a
+    # release for the end of the sweep; the pilots' real usage is booked as each of them ends.
+    release = admit(req.sub, workers) if admit is not None else None
     pilots = Pilots(client, req, sweep_id, fn_name)
+    # SIGTERM (a batch system or `kill` ending the caller) cleans up like Ctrl-C.
+    sigterm = signal.getsignal(signal.SIGTERM) if in_main else None
+    if in_main:
+        signal.signal(signal.SIGTERM, _term_as_interrupt)
     start = time.monotonic()
     interrupted = True
     dcluster: Any = None
@@ -438,7 +462,7 @@ def run_map(client: MapClient, fn: Callable[[Any], Any], items: Iterable[Any], *
         )
         dclient = dist.Client(dcluster, set_as_default=False)
         adaptive = dcluster.adapt(minimum_jobs=0, maximum_jobs=workers)
-        futures = dclient.map(fn, items, pure=False)
+        futures = dclient.map(_Guard(fn), items, pure=False)
         index = {f.key: i for i, f in enumerate(futures)}
         stalled: list[str] = []
         watchdog = threading.Thread(target=_watch, args=(pilots, dclient, futures, req.stall_timeout, stalled),
@@ -446,20 +470,25 @@ def run_map(client: MapClient, fn: Callable[[Any], Any], items: Iterable[Any], *
         watchdog.start()
         bar = _progress(len(items), fn_name)
         try:
-            for fut, outcome in dist.as_completed(futures, loop=dclient.loop, with_results=True,
-                                                   raise_errors=False):
+            # Each result is fetched on its own: one that cannot come back (it does not pickle) is that item's
+            # error, where gathering them together would wait for it forever.
+            for fut in dist.as_completed(futures, loop=dclient.loop):
                 i = index[fut.key]
                 if fut.status == "error":
-                    _typ, exc, tb = outcome
+                    exc = fut.exception()
                     sweep.exceptions[i] = exc
-                    text = "".join(traceback.format_exception(type(exc), exc, tb))
+                    text = "".join(traceback.format_exception(type(exc), exc, fut.traceback()))
                     sweep.errors[i] = RemoteTraceback(text)
-                elif fut.status == "cancelled" or isinstance(outcome, BaseException):
-                    exc = outcome if isinstance(outcome, BaseException) else RuntimeError("cancelled")
+                elif fut.status == "cancelled":
+                    exc = RuntimeError("cancelled")
                     sweep.exceptions[i] = exc
                     sweep.errors[i] = RemoteTraceback(f"{type(exc).__name__}: {stalled[0] if stalled else exc}\n")
                 else:
-                    sweep.values[i] = outcome
+                    try:
+                        sweep.values[i] = fut.result(timeout=RESULT_TIMEOUT_S)
+                    except Exception as exc:  # noqa: BLE001 - the item's own failure to come back
+                        sweep.exceptions[i] = exc
+                        sweep.errors[i] = RemoteTraceback(f"{type(exc).__name__}: {exc}\n")
                 bar(1)
         finally:
             bar(0)
@@ -469,10 +498,39 @@ def run_map(client: MapClient, fn: Callable[[Any], Any], items: Iterable[Any], *
             raise BackendError(stalled[0])
         interrupted = False
     finally:
-        _shutdown(pilots, dcluster, dclient, adaptive, interrupted)
+        try:
+            _shutdown(pilots, dcluster, dclient, adaptive, interrupted)
+        finally:
+            if in_main:
+                signal.signal(signal.SIGTERM, sigterm if sigterm is not None else signal.SIG_DFL)
+            if release is not None:
+                release()
         sweep.pilot_jobs = list(pilots.ids)
         sweep.wall_s = time.monotonic() - start
     return sweep
+
+
+def _term_as_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt("SIGTERM")
+
+
+class ItemExit(Exception):
+    """An item raised SystemExit or KeyboardInterrupt: reported as that item's error instead of killing the
+    worker, which would fail the innocent items queued on it too."""
+
+
+class _Guard:
+    def __init__(self, fn: Callable[[Any], Any]) -> None:
+        self.fn = fn
+        self.__name__ = getattr(fn, "__name__", "fn")  # dask names the tasks after the function
+
+    def __call__(self, item: Any) -> Any:
+        try:
+            return self.fn(item)
+        except Exception:
+            raise
+        except BaseException as exc:
+            raise ItemExit(f"{type(exc).__name__}({', '.join(map(repr, exc.args))})") from None
 
 
 def _progress(total: int, what: str) -> Callable[[int], None]:
@@ -509,6 +567,11 @@ def _watch(pilots: Pilots, dclient: Any, futures: list[Any], stall_timeout: floa
                 rows = pilots.rows()
         except Exception:  # noqa: BLE001 - the main loop reports real failures
             continue
+        if not connected and pilots.refused and not any(not r.done for r in rows):
+            # sbatch refused a pilot and none is queued or running: dask-jobqueue will not retry it.
+            out.append(f"map {pilots.sweep_id}: sbatch refused the dask pilot job: {pilots.refused[-1]}")
+            dclient.cancel([f for f in futures if not f.done()])
+            return
         if connected or not rows or any(not r.done for r in rows):
             since = None
             continue
