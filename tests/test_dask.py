@@ -138,9 +138,11 @@ def test_ctrl_c_cancels_the_pilot_jobs(slurm: Any, slurm_conf: str, tmp_path: Pa
 
 def test_pilots_that_cannot_start_end_the_sweep(slurm: Any) -> None:
     t0 = time.monotonic()
-    with pytest.raises(BackendError, match=r"every dask pilot job ended and no worker is connected"):
+    with pytest.raises(BackendError, match=r"every dask pilot job ended and no worker is connected") as info:
         slurm.map(sq, range(3), engine="dask", max_concurrent=1, setup="exit 3", stall_timeout=3)
     assert time.monotonic() - t0 < 45
+    partial = info.value.sweep  # type: ignore[attr-defined]
+    assert len(partial) == 3 and partial.failed == [0, 1, 2]
     rows = [r for r in slurm.store.query() if r.kind == "dask-worker"]
     assert len(rows) == 1 and rows[0].done
 

@@ -495,7 +495,9 @@ def run_map(client: MapClient, fn: Callable[[Any], Any], items: Iterable[Any], *
         # Results are in hand: release them on the workers, so retiring the workers moves no data.
         dclient.cancel(futures)
         if stalled:
-            raise BackendError(stalled[0])
+            error = BackendError(stalled[0])
+            error.sweep = sweep  # type: ignore[attr-defined]  # what finished before the stall is not lost
+            raise error
         interrupted = False
     finally:
         try:

@@ -101,16 +101,17 @@ class RayBackend(Backend):
 
     # ------------------------------------------------------------ folders
     def job_dir(self, job_id: str, default: str | Path) -> Path:
-        """``ray.job_root``/ID when the config names a shared folder for job folders, else suanli's own."""
+        """``ray.job_root``/ID when the config names a shared folder for job folders, else suanli's own. Used
+        when planning; afterwards the folder recorded in the registry is the one (the config may change)."""
         return self.job_root / job_id if self.job_root else Path(default)
 
     def log_paths(self, ref: JobRef, task: int | None) -> tuple[Path, Path]:
-        base = self.job_dir(ref.job_id, ref.job_dir)
+        base = Path(ref.job_dir)
         stem = "job" if task is None else f"task-{task}"
         return base / f"{stem}.out", base / f"{stem}.err"
 
     def result_path(self, ref: JobRef, task: int | None) -> Path:
-        return self.job_dir(ref.job_id, ref.job_dir) / ("result.pkl" if task is None else f"result-{task}.pkl")
+        return Path(ref.job_dir) / ("result.pkl" if task is None else f"result-{task}.pkl")
 
     # ------------------------------------------------------------ plan
     def plan(self, sub: Submission) -> Plan:
@@ -222,7 +223,7 @@ class RayBackend(Backend):
         jobs = {j.submission_id: j for j in self._call("list_jobs", client.list_jobs)}
         out: dict[TaskKey, NativeStatus] = {}
         for ref in refs:
-            folder = self.job_dir(ref.job_id, ref.job_dir)
+            folder = Path(ref.job_dir)
             d = jobs.get(ref.native_id or ref.job_id)
             if d is None:
                 lost = NativeStatus(JobState.FAILED, reason="JobLost", ended_at=time.time(), native_id=ref.native_id)
@@ -273,7 +274,7 @@ class RayBackend(Backend):
     def cancel(self, refs: Sequence[JobRef]) -> None:
         client = self.client()
         for ref in refs:
-            folder = self.job_dir(ref.job_id, ref.job_dir)
+            folder = Path(ref.job_dir)
             if ref.tasks and any(t is not None for t in ref.tasks):
                 for t in ref.tasks:  # the driver cancels these tasks (and skips them if not started)
                     if t is not None and folder.is_dir():
