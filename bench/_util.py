@@ -41,3 +41,18 @@ def report(title: str, rows: list[tuple[str, float]], baseline: str) -> None:
     print(f"{'what':<48} {'median ms':>10} {'x ' + baseline[:24]:>28}")
     for name, secs in rows:
         print(f"{name:<48} {secs * 1000:>10.1f} {secs / base:>28.2f}")
+
+
+def bench_cluster(tmp: str, cluster_yaml: str, settings: str = "") -> None:
+    """Point this process at a throwaway SUANLI_HOME and one cluster named ``bench`` (the default), and work
+    from ``tmp``: the setup every backend benchmark shares."""
+    import os
+    from pathlib import Path
+
+    os.environ["SUANLI_HOME"] = str(Path(tmp) / "home")
+    cfg = Path(tmp) / "cfg"
+    cfg.mkdir()
+    (cfg / "bench.yaml").write_text("name: bench\n" + cluster_yaml)
+    (cfg / "settings.yaml").write_text("default_cluster: bench\n" + settings)
+    os.environ["SUANLI_CONFIG"] = str(cfg)
+    os.chdir(tmp)

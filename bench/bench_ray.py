@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _util import report  # noqa: E402
+from _util import bench_cluster, report  # noqa: E402
 
 
 def main() -> None:
@@ -34,14 +34,8 @@ def main() -> None:
     from ray.job_submission import JobSubmissionClient
 
     with tempfile.TemporaryDirectory() as tmp:
-        os.environ["SUANLI_HOME"] = str(Path(tmp) / "home")
-        cfg = Path(tmp) / "cfg"
-        cfg.mkdir()
-        (cfg / "bench.yaml").write_text(f"name: bench\nbackend: ray\nray: {{address: '{args.address}'}}\n"
-                                        "partitions:\n  - {name: cpu, nodes: 1}\n")
-        (cfg / "settings.yaml").write_text("default_cluster: bench\n")
-        os.environ["SUANLI_CONFIG"] = str(cfg)
-        os.chdir(tmp)
+        bench_cluster(tmp, f"backend: ray\nray: {{address: '{args.address}'}}\n"
+                           "partitions:\n  - {name: cpu, nodes: 1}\n")
         from suanli.api import Client
         from suanli.compute.base import JobRef
         from suanli.compute.ray.backend import RayBackend

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _util import median_s, report, run_quiet  # noqa: E402
+from _util import bench_cluster, median_s, report, run_quiet  # noqa: E402
 
 
 def noop(x: int) -> int:
@@ -42,15 +42,8 @@ def main() -> None:
     import submitit
 
     with tempfile.TemporaryDirectory() as tmp:
-        os.environ["SUANLI_HOME"] = str(Path(tmp) / "home")
-        cfg = Path(tmp) / "cfg"
-        cfg.mkdir()
-        (cfg / "bench.yaml").write_text(
-            f"name: bench\nbackend: slurm\ndefault_account: {args.account}\nslurm: {{conf: {conf}}}\n"
-            f"partitions:\n  - {{name: {args.partition}, nodes: 1}}\n")
-        (cfg / "settings.yaml").write_text("default_cluster: bench\n")
-        os.environ["SUANLI_CONFIG"] = str(cfg)
-        os.chdir(tmp)
+        bench_cluster(tmp, f"backend: slurm\ndefault_account: {args.account}\nslurm: {{conf: {conf}}}\n"
+                           f"partitions:\n  - {{name: {args.partition}, nodes: 1}}\n")
         from suanli.api import Client
         from suanli.compute.slurm import backend as sb
 

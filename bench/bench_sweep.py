@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _util import report  # noqa: E402
+from _util import bench_cluster, report  # noqa: E402
 
 TASK_S = 0.01
 
@@ -60,15 +60,8 @@ def main() -> None:
     expected = [i * i for i in range(n)]
     rows: list[tuple[str, float]] = []
     with tempfile.TemporaryDirectory() as tmp:
-        os.environ["SUANLI_HOME"] = str(Path(tmp) / "home")
-        cfg = Path(tmp) / "cfg"
-        cfg.mkdir()
-        (cfg / "bench.yaml").write_text(
-            f"name: bench\nbackend: slurm\ndefault_account: {args.account}\nslurm: {{conf: {conf}}}\n"
-            f"partitions:\n  - {{name: {args.partition}, nodes: 1}}\n")
-        (cfg / "settings.yaml").write_text("default_cluster: bench\nstatus_poll_max_s: 1\n")
-        os.environ["SUANLI_CONFIG"] = str(cfg)
-        os.chdir(tmp)
+        bench_cluster(tmp, f"backend: slurm\ndefault_account: {args.account}\nslurm: {{conf: {conf}}}\n"
+                           f"partitions:\n  - {{name: {args.partition}, nodes: 1}}\n", "status_poll_max_s: 1\n")
         from suanli.api import Client
 
         client = Client()

@@ -9,9 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
-import subprocess
-import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from datetime import datetime
@@ -30,13 +27,13 @@ from suanli.jobs.state import JobState
 if TYPE_CHECKING:
     from suanli.api import Client
     from suanli.compute.base import Submission
+    from suanli.compute.slurm.backend import SlurmBackend
     from suanli.compute.store import JobRow
 
 log = logging.getLogger("suanli")
 
 #: sacct is read in windows of this many seconds, so a centre's years of history stream in pieces.
 SYNC_WINDOW_S = 86400.0
-SACCT_TIMEOUT_S = 600.0
 
 
 @dataclasses.dataclass
@@ -263,30 +260,18 @@ class Accounts:
         return SyncResult(cfg.name, "slurm", since, until, total, stats.bad, len(stats.open_jobs),
                           tuple(sorted(stats.unknown_states)), len(release_jobs))
 
+    def _slurm(self, cfg: ClusterConfig) -> SlurmBackend:
+        """The cluster's Slurm backend: it owns running Slurm's commands (SLURM_CONF, retries, streaming)."""
+        from suanli.compute.slurm.backend import SlurmBackend
+
+        backend = self.client.backend(cfg.name, "slurm")
+        assert isinstance(backend, SlurmBackend)
+        return backend
+
     def _sacct(self, cfg: ClusterConfig, extra: list[str]) -> Iterator[str]:
-        """Stream sacct's lines (header first); never the whole output in memory."""
+        """Stream sacct's usage lines (header first)."""
         argv = ["sacct", "--parsable2", "-X", "-D", "-o", ",".join(FIELDS), *extra]
-        env = _slurm_env(cfg)
-        with tempfile.TemporaryFile("w+") as errfile:  # a file, so a chatty stderr can never block stdout
-            try:
-                proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=errfile, text=True, env=env,
-                                        errors="replace")
-            except FileNotFoundError:
-                raise BackendError(f"cluster {cfg.name}: sacct is not installed here; run the sync on a login "
-                                   "node") from None
-            assert proc.stdout is not None
-            try:
-                yield from proc.stdout
-                rc = proc.wait(timeout=SACCT_TIMEOUT_S)
-            finally:
-                if proc.poll() is None:
-                    proc.kill()
-                    proc.wait()
-            errfile.seek(0)
-            err = errfile.read()
-        if rc != 0:
-            first = (err.strip().splitlines() or [f"exit code {rc}"])[0]
-            raise BackendError(f"cluster {cfg.name}: sacct failed: {first}")
+        return self._slurm(cfg).stream(argv, f"cluster {cfg.name}: sacct")
 
     # ------------------------------------------------------------ Slurm association limits
     def apply_plan(self, cluster: str) -> tuple[list[list[str]], list[str]]:
@@ -297,7 +282,7 @@ class Accounts:
         if cfg.backend != "slurm":
             raise UsageError(f"quota apply: cluster {cluster!r} runs {cfg.backend}, not slurm; only Slurm "
                              "enforces quotas itself (elsewhere suanli checks them at submission)")
-        conf = _scontrol_config(cfg)
+        conf = self._slurm(cfg).config()
         slurm_name = conf.get("ClusterName", cfg.name)
         gres = {a.accelerator_kind: a.gres_name for a in map(get_adapter, adapter_names())
                 if a.accelerator_kind and a.gres_name}
@@ -334,13 +319,16 @@ class Accounts:
 
     def apply(self, cluster: str) -> tuple[list[list[str]], list[str]]:
         cmds, warnings = self.apply_plan(cluster)
-        env = _slurm_env(self.client.configs.cluster(cluster))
+        slurm = self._slurm(self.client.configs.cluster(cluster))
+        hint = "(does the association exist? sacctmgr show assoc)"
         for argv in cmds:
-            r = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=60)
-            if r.returncode != 0 or "Nothing modified" in r.stdout:
-                detail = (r.stderr.strip() or r.stdout.strip() or f"exit code {r.returncode}").splitlines()[0]
-                raise BackendError(f"quota apply: {' '.join(argv[3:5])} failed: {detail} (does the association "
-                                   "exist? sacctmgr show assoc)")
+            what = f"quota apply: {' '.join(argv[3:5])}"
+            try:
+                out = slurm.run(argv, what).stdout
+            except BackendError as exc:
+                raise BackendError(f"{exc} {hint}") from None
+            if "Nothing modified" in out:
+                raise BackendError(f"{what}: sacctmgr modified nothing {hint}")
         return cmds, warnings
 
 
@@ -349,30 +337,6 @@ def _login() -> str:
     from suanli.api import current_user
 
     return current_user()
-
-
-def _slurm_env(cfg: ClusterConfig) -> dict[str, str]:
-    env = dict(os.environ)
-    conf = cfg.slurm.get("conf")
-    if conf:
-        env["SLURM_CONF"] = str(conf)
-    return env
-
-
-def _scontrol_config(cfg: ClusterConfig) -> dict[str, str]:
-    try:
-        r = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True, env=_slurm_env(cfg),
-                           timeout=30)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise BackendError(f"cluster {cfg.name}: scontrol show config failed: {exc}") from None
-    if r.returncode != 0:
-        raise BackendError(f"cluster {cfg.name}: scontrol show config failed: {r.stderr.strip()[:200]}")
-    out: dict[str, str] = {}
-    for line in r.stdout.splitlines():
-        key, sep, value = line.partition("=")
-        if sep:
-            out[key.strip()] = value.strip()
-    return out
 
 
 def _sacct_time(t: float) -> str:

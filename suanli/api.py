@@ -290,13 +290,14 @@ class Client(JobController):
         return Job(row.id, self, task)
 
     # ------------------------------------------------------------ status
-    def refresh(self, rows: Sequence[JobRow], strict: bool = False) -> None:
-        """Ask each backend once for every unfinished task of these jobs; terminal states are cached."""
+    def refresh(self, rows: Sequence[JobRow], strict: bool = False) -> dict[str, JobRow]:
+        """Ask each backend once for every unfinished task of these jobs; terminal states are cached. Returns
+        the rows it asked about as they are now (jobs that just ended are booked in the ledger)."""
         from suanli.jobs.state import JobState
 
         open_rows = [r for r in rows if not r.done and r.native_id is not None]
         if not open_rows:
-            return
+            return {}
         tasks = self.store.tasks([r.id for r in open_rows])
         groups: dict[tuple[str, str], list[JobRef]] = {}
         for r in open_rows:
@@ -317,15 +318,19 @@ class Client(JobController):
             for (job_id, task), st in statuses.items():
                 updates.append(TaskUpdate(job_id, task, st.state, st.reason, st.restarts, st.started_at,
                                           st.ended_at, st.exit_code, st.native_id))
+        if not updates:
+            return {}
         self.store.update_tasks(updates)
-        ended = [r for r in self.store.query(ids=[r.id for r in open_rows]) if r.done]
+        fresh = {r.id: r for r in self.store.query(ids=[r.id for r in open_rows])}
+        ended = [r for r in fresh.values() if r.done]
         if ended:
             self.accounts.finished(ended)
+        return fresh
 
     def list_infos(self, rows: Sequence[JobRow], refresh: bool = True, strict: bool = False) -> list[JobInfo]:
         if refresh:
-            self.refresh(rows, strict)
-            rows = self.store.query(ids=[r.id for r in rows]) if any(not r.done for r in rows) else rows
+            fresh = self.refresh(rows, strict)
+            rows = [fresh.get(r.id, r) for r in rows]
         return self.store.infos(rows)
 
     def _row(self, job_id: str) -> JobRow:

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import csv
 import sys
 import time
-from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from suanli.cli.output import print_json, table
@@ -83,23 +81,9 @@ def _client(args: argparse.Namespace) -> Client:
 
 
 def _when(text: str | None, flag: str) -> float | None:
-    """An ISO 8601 date or time (no zone: local time, as in sacct) or a duration ago (7d, 12h)."""
-    if text is None:
-        return None
-    try:
-        return datetime.fromisoformat(text).timestamp()
-    except ValueError:
-        pass
-    from suanli.jobs.resources import parse_time
+    from suanli.cli.commands import when
 
-    try:
-        delta = parse_time(text, flag)
-    except UsageError:
-        delta = None
-    if delta is None:
-        raise UsageError(f"{flag}: {text!r} is not an ISO 8601 date or time (2026-11-01, 2026-11-01T08:00, "
-                         "2026-11-01T08:00+08:00) nor a duration ago (7d, 12h)")
-    return time.time() - delta.total_seconds()
+    return None if text is None else when(text, flag)
 
 
 # ---------------------------------------------------------------- usage
@@ -118,6 +102,8 @@ def cmd_usage(args: argparse.Namespace) -> int:
     if args.json:
         print_json(rows)
     elif args.csv:
+        import csv
+
         w = csv.writer(sys.stdout)
         if rows:
             w.writerow(list(rows[0].keys()))

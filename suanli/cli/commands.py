@@ -133,7 +133,9 @@ def _combined(infos: list[JobInfo]) -> JobInfo:
 
 
 # ---------------------------------------------------------------- status
-def _since(text: str) -> float:
+def when(text: str, flag: str = "--since") -> float:
+    """A point in time from the command line: an ISO 8601 date or time (no zone: local time, as in sacct) or
+    a duration ago (12h, 7d). One parser for status, usage and accounting sync."""
     from suanli.jobs.resources import parse_time
 
     try:
@@ -141,11 +143,12 @@ def _since(text: str) -> float:
     except ValueError:
         pass
     try:
-        delta = parse_time(text, "--since")
+        delta = parse_time(text, flag)
     except UsageError:
-        raise UsageError(f"--since: {text!r} is neither an ISO date/time (2026-11-27, 2026-11-27T09:00) "
-                         "nor a duration ago (2h, 1d)") from None
-    assert delta is not None
+        delta = None
+    if delta is None:
+        raise UsageError(f"{flag}: {text!r} is not an ISO 8601 date or time (2026-11-01, 2026-11-01T08:00, "
+                         "2026-11-01T08:00+08:00) nor a duration ago (12h, 7d)")
     return time.time() - delta.total_seconds()
 
 
@@ -166,7 +169,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         for r, t in resolved:
             wanted_tasks.setdefault(r.id, set()).add(t)
     else:
-        since = _since(args.since) if args.since else None
+        since = when(args.since) if args.since else None
         day_ago = None if (args.all or since is not None) else time.time() - 86400
         rows = store.query(cluster=args.cluster, since=since, open_or_since=day_ago)
     states: set[str] | None = None

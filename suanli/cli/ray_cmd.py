@@ -11,11 +11,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 from suanli.errors import BackendError, UsageError
 
@@ -101,6 +99,9 @@ def cmd_ray(args: argparse.Namespace) -> int:
 
 
 def _up(args: argparse.Namespace) -> int:
+    import subprocess  # here, not at the top: `suanli --help` builds this verb's parser only
+    from urllib.parse import urlparse
+
     from suanli.compute.ray import cluster as rc
     from suanli.jobs.resources import parse_memory
 

@@ -273,6 +273,7 @@ class RayBackend(Backend):
     # ------------------------------------------------------------ cancel
     def cancel(self, refs: Sequence[JobRef]) -> None:
         client = self.client()
+        ended: set[str] | None = None  # asked once, with one list_jobs, only if a whole job is cancelled
         for ref in refs:
             folder = Path(ref.job_dir)
             if ref.tasks and any(t is not None for t in ref.tasks):
@@ -280,8 +281,9 @@ class RayBackend(Backend):
                     if t is not None and folder.is_dir():
                         (folder / f"cancel-{t}").touch()
                 continue
-            status = self._call("get_job_status", client.get_job_status, ref.native_id or ref.job_id)
-            if status.is_terminal():
+            if ended is None:
+                ended = {j.submission_id for j in self._call("list_jobs", client.list_jobs) if j.status.is_terminal()}
+            if (ref.native_id or ref.job_id) in ended:
                 continue  # already ended: a cancel marker now would relabel a FAILED job CANCELLED
             if folder.is_dir():
                 (folder / "cancel").touch()  # seen by a driver that has not started yet

@@ -7,9 +7,10 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from suanli.compute import script as sh
 from suanli.compute.base import Backend, JobRef, NativeStatus, Plan, Submission, TaskKey
@@ -85,11 +86,38 @@ class SlurmBackend(Backend):
             try:
                 proc = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True,
                                       env=self.env, timeout=10)
-                m = re.search(r"^MaxArraySize\s*=\s*(\d+)", proc.stdout, re.M)
-                self._max_array = int(m.group(1)) if m else 1001
+                size = parse.parse_config(proc.stdout).get("MaxArraySize", "")
+                self._max_array = int(size) if size.isdigit() else 1001
             except (OSError, subprocess.TimeoutExpired):
                 self._max_array = 1001  # Slurm's default
         return self._max_array
+
+    def config(self) -> dict[str, str]:
+        """The controller's configuration (``scontrol show config``), with the usual retries."""
+        return parse.parse_config(self.run(["scontrol", "show", "config"], "scontrol show config").stdout)
+
+    def stream(self, argv: list[str], what: str) -> Iterator[str]:
+        """A Slurm command's stdout line by line, never all of it in memory (a centre's sacct history runs to
+        gigabytes); a failure after the last line raises BackendError."""
+        with tempfile.TemporaryFile("w+") as errfile:  # a file, so a chatty stderr can never block stdout
+            try:
+                proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=errfile, text=True, env=self.env,
+                                        errors="replace")
+            except FileNotFoundError:
+                raise BackendError(f"{what}: {argv[0]} not found; install the Slurm client tools "
+                                   "(apt-get install slurm-client) or run this on a login node") from None
+            assert proc.stdout is not None
+            try:
+                yield from proc.stdout
+                rc = proc.wait(timeout=COMMAND_TIMEOUT_S)
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+            errfile.seek(0)
+            err = errfile.read()
+        if rc != 0:
+            raise BackendError(f"{what}: {(err.strip().splitlines() or [f'exit code {rc}'])[0]}")
 
     # ------------------------------------------------------------ running Slurm commands
     def run(self, argv: list[str], what: str, input_text: str | None = None) -> subprocess.CompletedProcess[str]:

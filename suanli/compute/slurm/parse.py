@@ -182,3 +182,13 @@ def parse_squeue(text: str) -> list[TaskState]:
         for t in tasks:
             out.append(TaskState(job, t, None, state, reason=reason))
     return out
+
+
+def parse_config(text: str) -> dict[str, str]:
+    """``scontrol show config``: ``Name = value`` lines into a dict (values as printed)."""
+    out: dict[str, str] = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition("=")
+        if sep and key.strip() and " " not in key.strip():
+            out[key.strip()] = value.strip()
+    return out
