@@ -66,3 +66,48 @@ def test_init_distributed_on_ascend_without_torch_npu_names_what_to_install() ->
             "try:\n    init_distributed()\nexcept RuntimeError as e:\n    print(e)\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert "torch-npu" in r.stdout or "torch_npu" in r.stdout, r.stdout + r.stderr
+
+
+# ---------------------------------------------------------------- the adapter of a job started without suanli
+def test_runtime_adapter_follows_suanli_launch_when_named() -> None:
+    from suanli.runtime import runtime_adapter
+
+    assert runtime_adapter({"SUANLI_ADAPTER": "kunpeng"}).name == "kunpeng"
+    assert runtime_adapter({"SUANLI_ADAPTER": "nvidia"}).torch_backend == "nccl"
+
+
+def test_runtime_adapter_detects_visible_hardware_when_not_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Plain torchrun on a GPU node (no SUANLI_ADAPTER) must pick the GPU, not cpu + gloo (the H200 defect):
+    the runtime asks each accelerator adapter, in registration order, whether this process sees its hardware."""
+    from suanli.adapters.ascend import AscendAdapter
+    from suanli.adapters.nvidia import NvidiaAdapter
+    from suanli.runtime import environment, runtime_adapter
+
+    asked: list[str] = []
+
+    def seen(name: str, answer: bool) -> object:
+        def present(self: object) -> bool:
+            asked.append(name)
+            return answer
+        return present
+
+    monkeypatch.setattr(NvidiaAdapter, "present", seen("nvidia", True))
+    monkeypatch.setattr(AscendAdapter, "present", seen("ascend", False))
+    picked = runtime_adapter({})
+    assert (picked.name, picked.torch_device, picked.torch_backend) == ("nvidia", "cuda", "nccl")
+    assert asked == ["ascend", "nvidia"]  # CPU-only adapters are never asked: they have nothing to find
+    assert environment({}).adapter == "auto"
+
+    monkeypatch.setattr(NvidiaAdapter, "present", seen("nvidia", False))
+    assert runtime_adapter({}).name == "cpu"
+
+
+def test_this_machine_without_accelerators_trains_on_cpu_with_gloo() -> None:
+    """The real detection on this (GPU-less) machine, in a fresh process as plain torchrun would start it."""
+    pytest.importorskip("torch")
+    code = ("import os; os.environ.pop('SUANLI_ADAPTER', None)\n"
+            "from suanli.runtime import init_distributed, runtime_adapter\n"
+            "a = runtime_adapter(); d = init_distributed(); print(a.name, d.type, a.torch_backend)\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["cpu", "cpu", "gloo"]

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
+from typing import Any
+
 from suanli.adapters.base import Adapter
 from suanli.jobs.resources import Resources
 
@@ -26,3 +29,31 @@ class AscendAdapter(Adapter):
         env.setdefault("HCCL_CONNECT_TIMEOUT", "1200")
         env.setdefault("HCCL_EXEC_TIMEOUT", "1800")
         return env
+
+    def present(self) -> bool:
+        """torch_npu installed, loadable (CANN sourced) and showing at least one NPU."""
+        if importlib.util.find_spec("torch_npu") is None:
+            return False
+        try:
+            import torch
+            import torch_npu  # noqa: F401
+
+            return bool(torch.npu.is_available())  # type: ignore[attr-defined]
+        except (ImportError, RuntimeError, AttributeError):
+            return False
+
+    def torch_setup(self, local_rank: int) -> Any:
+        # Found first, imported second: without CANN, torch_npu's import fails with RuntimeError, not only
+        # ImportError (and its backend autoload can break `import torch` itself).
+        if importlib.util.find_spec("torch_npu") is None:
+            raise RuntimeError("the ascend adapter needs torch_npu: pip install torch-npu (the release matching "
+                               "your torch) and source CANN's set_env.sh")
+        try:
+            import torch
+            import torch_npu  # noqa: F401
+        except (ImportError, RuntimeError) as exc:
+            raise RuntimeError(f"torch_npu did not load ({exc}); install the CANN toolkit and source its "
+                               "set_env.sh (the ascend partition's setup does when CANN is installed)") from None
+        device = torch.device("npu", local_rank)
+        torch.npu.set_device(device)  # type: ignore[attr-defined]
+        return device

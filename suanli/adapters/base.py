@@ -5,7 +5,7 @@ Adapters hold no scheduler code; backends ask them for what they need and render
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from suanli.errors import UsageError
 from suanli.jobs.resources import Resources
@@ -61,6 +61,19 @@ class Adapter:
     def mpi_binding(self, launcher: str, ranks_per_node: int, numa_nodes: int | None) -> list[str]:
         """Placement flags for MPI ranks; plain nodes keep the launcher's defaults."""
         return []
+
+    # ------------------------------------------------------------ inside a job (torch is importable there)
+    def present(self) -> bool:
+        """Does this process see this hardware through torch? Asked, in ``adapter_names()`` order, when a job
+        was started without suanli (plain torchrun: no SUANLI_ADAPTER), so a GPU is never silently left idle.
+        Plain CPU nodes have nothing to find; accelerator adapters override this cheaply and without raising."""
+        return False
+
+    def torch_setup(self, local_rank: int) -> Any:
+        """Make this rank's device current and return it (a ``torch.device``)."""
+        import torch
+
+        return torch.device(self.torch_device)
 
 
 class PinnedCpuAdapter(Adapter):

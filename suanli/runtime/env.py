@@ -23,7 +23,7 @@ class Environment:
     master_addr: str
     master_port: int
     job_id: str | None
-    adapter: str
+    adapter: str  # as suanli's launch named it, or "auto" (see runtime_adapter)
     launcher: str  # torchrun | slurm | mpirun | ray | single
 
     @property
@@ -46,7 +46,7 @@ def environment(env: dict[str, str] | None = None) -> Environment:
     """Read the launcher's variables (``os.environ`` unless given) into one Environment."""
     e = dict(os.environ if env is None else env)
     job_id = e.get("SUANLI_JOB_ID") or e.get("SLURM_JOB_ID")
-    adapter = e.get("SUANLI_ADAPTER", "cpu")
+    adapter = e.get("SUANLI_ADAPTER") or "auto"  # auto: found from the hardware by init_distributed()
     if "RANK" in e and "WORLD_SIZE" in e and "LOCAL_RANK" in e:
         # suanli's own launchers (Slurm's srun ranks, Ray workers) say who they are; otherwise torchrun.
         own = e.get("SUANLI_LAUNCHER", "")
@@ -79,38 +79,35 @@ def environment(env: dict[str, str] | None = None) -> Environment:
     )
 
 
+def runtime_adapter(env: dict[str, str] | None = None) -> Any:
+    """The adapter of this process: the one suanli's launch named (SUANLI_ADAPTER), else the first registered
+    adapter whose hardware this process can see (plain ``torchrun`` on a GPU node gets the GPU), else cpu.
+    Each adapter says how it is detected and set up; nothing here knows adapter names."""
+    from suanli.adapters import adapter_names, get_adapter
+
+    e = os.environ if env is None else env
+    named = e.get("SUANLI_ADAPTER")
+    if named:
+        return get_adapter(named)
+    for name in adapter_names():
+        adapter = get_adapter(name)
+        if adapter.accelerator_kind and adapter.present():
+            return adapter
+    return get_adapter("cpu")
+
+
 def init_distributed(backend: str | None = None) -> Any:
     """Join the process group with the adapter's backend and return the torch device of this rank.
 
-    nvidia -> cuda + nccl, ascend -> npu + hccl (needs torch_npu and CANN), otherwise cpu + gloo.
+    The adapter (see :func:`runtime_adapter`) picks the device and backend: nvidia -> cuda + nccl, ascend ->
+    npu + hccl (needs torch_npu and CANN), plain CPUs -> cpu + gloo.
     """
-    import torch
     import torch.distributed as dist
 
     env = environment()
-    if env.adapter == "ascend":
-        import importlib.util
-
-        # Found first, imported second: without CANN, torch_npu's import fails with RuntimeError, not only
-        # ImportError (and its backend autoload can break `import torch` itself).
-        if importlib.util.find_spec("torch_npu") is None:
-            raise RuntimeError("the ascend adapter needs torch_npu: pip install torch-npu (the release matching "
-                               "your torch) and source CANN's set_env.sh")
-        try:
-            import torch_npu  # noqa: F401
-        except (ImportError, RuntimeError) as exc:
-            raise RuntimeError(f"torch_npu did not load ({exc}); install the CANN toolkit and source its "
-                               "set_env.sh (the ascend partition's setup does when CANN is installed)") from None
-        device = torch.device("npu", env.local_rank)
-        torch.npu.set_device(device)  # type: ignore[attr-defined]
-        backend = backend or "hccl"
-    elif env.adapter == "nvidia":
-        device = torch.device("cuda", env.local_rank % max(1, torch.cuda.device_count()))
-        torch.cuda.set_device(device)
-        backend = backend or "nccl"
-    else:
-        device = torch.device("cpu")
-        backend = backend or "gloo"
+    adapter = runtime_adapter()
+    device = adapter.torch_setup(env.local_rank)
+    backend = backend or adapter.torch_backend
     if env.world_size > 1 and not dist.is_initialized():
         os.environ.setdefault("MASTER_ADDR", env.master_addr)
         os.environ.setdefault("MASTER_PORT", str(env.master_port))
