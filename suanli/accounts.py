@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
+import re
 import time
 from collections.abc import Iterator, Sequence
 from datetime import datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from suanli.accounting.db import LedgerError
@@ -57,6 +60,7 @@ class Accounts:
     def __init__(self, client: Client) -> None:
         self.client = client
         self._ledger: Ledger | None = None
+        self._physical: dict[str, str] = {}  # slurm.conf path -> record-id key of that Slurm cluster
 
     # ------------------------------------------------------------ the ledger
     @property
@@ -89,6 +93,7 @@ class Accounts:
         if settings.ledger is None and not self.ledger.db.exists:
             return []  # no ledger yet, so no quota: nothing to check
         try:
+            self._settle(sub.spec.account)
             return self.ledger.admit(job_id=sub.job_id, cluster=sub.cluster.name, account=sub.spec.account,
                                      user=self.user(sub.user), est=est, reserve=reserve)
         except LedgerError as exc:
@@ -97,6 +102,20 @@ class Accounts:
                 return []
             raise LedgerError(f"{exc} (submissions are refused while the ledger cannot be read; settings.yaml "
                               "on_ledger_error: allow lets them through unaccounted)") from None
+
+    def _settle(self, account: str) -> None:
+        """Book this account's jobs that ended since anyone last looked, so their worst-case reservations do
+        not refuse a new job (only this registry's open jobs that hold a reservation are asked about)."""
+        held = self.ledger.reserved_jobs(account)
+        if not held:
+            return
+        rows = self.client.store.query(ids=held)
+        open_rows = [r for r in rows if not r.done]
+        if open_rows:
+            self.client.refresh(open_rows)  # books the ones that ended (Client.refresh -> finished)
+        done = [r for r in rows if r.done]
+        if done:
+            self.finished(done)  # ended before, but the booking failed then (a busy ledger): try again
 
     def submitted(self, job_id: str, native_id: str, checks: Sequence[Check]) -> None:
         if not checks:
@@ -140,7 +159,8 @@ class Accounts:
                     stats = ParseStats()
                     lines = self._sacct(cfg, ["-j", ",".join(natives)])
                     # A few jobs: read them all first, so the release below knows what sacct booked.
-                    recs = list(self._with_job_ids(parse_usage(lines, cfg.name, _rates(cfg), stats=stats), natives))
+                    parsed = parse_usage(lines, cfg.name, _rates(cfg), stats=stats, key=self.physical(cfg))
+                    recs = list(self._with_job_ids(parsed, natives))
                     # Released only once sacct has booked every part: slurmdbd may still say COMPLETING.
                     self.ledger.record(recs, release_native=(cfg.name, sorted(stats.booked_jobs - stats.open_jobs)))
         except (SuanliError, OSError) as exc:
@@ -155,8 +175,11 @@ class Accounts:
         return [*rows, *(r for r in self.client.store.query(ids=sorted(held)) if r.done)]
 
     def _registry_records(self, rows: Sequence[JobRow]) -> Iterator[UsageRecord]:
-        """Local and Ray jobs: the backend's own start/end times and what suanli allocated at submission."""
+        """Local and Ray jobs: the backend's own start/end times and what suanli allocated at submission. One
+        record per attempt that started (a requeued task's earlier attempts too); tasks that never started used
+        nothing and are not booked."""
         tasks = self.client.store.tasks([r.id for r in rows])
+        earlier = self.client.store.attempts([r.id for r in rows])
         db_user = self.ledger.db.user  # in PostgreSQL mode the registry's jobs are booked to the role
         for r in rows:
             try:
@@ -177,18 +200,23 @@ class Accounts:
                 task, state, _reason, restarts, started, ended = t[:6]
                 if not JobState(state).is_terminal:
                     continue
-                elapsed = max(0.0, (ended or 0.0) - started) if started else 0.0
-                cpu_s, acc_s = cpus * elapsed, accs * elapsed
-                yield UsageRecord(
-                    record_id=f"{r.cluster}|{r.id}|{task}|{restarts}", cluster=r.cluster, backend=r.backend,
-                    native_id=r.native_id, job_id=r.id, array_task=None if task == -1 else task, attempt=restarts,
-                    user=db_user or r.user, account=r.account, partition=r.partition, adapter=r.meta.get("adapter"),
-                    accelerator_kind=res.accelerator_kind if accs else None, nodes=res.nodes, cpus=cpus,
-                    accelerators=accs, submit_time=r.submitted_at, start_time=started,
-                    end_time=ended or started or r.submitted_at, elapsed_s=elapsed, state=state, cpu_seconds=cpu_s,
-                    accelerator_seconds=acc_s, charge=charge_of(cpu_s, acc_s, cpu_rate, acc_rate), total_cpu_s=None,
-                    source=r.backend,
-                )
+                runs = [(i, a.get("started_at"), a.get("ended_at"), a.get("state") or "FAILED")
+                        for i, a in enumerate(earlier.get((r.id, task), ()))]
+                for attempt, begun, end, final in [*runs, (restarts, started, ended, state)]:
+                    if not begun:
+                        continue  # never started: it used nothing
+                    elapsed = max(0.0, (end or 0.0) - begun)
+                    cpu_s, acc_s = cpus * elapsed, accs * elapsed
+                    yield UsageRecord(
+                        record_id=f"{r.cluster}|{r.id}|{task}|{attempt}", cluster=r.cluster, backend=r.backend,
+                        native_id=r.native_id, job_id=r.id, array_task=None if task == -1 else task,
+                        attempt=attempt, user=db_user or r.user, account=r.account, partition=r.partition,
+                        adapter=r.meta.get("adapter"), accelerator_kind=res.accelerator_kind if accs else None,
+                        nodes=res.nodes, cpus=cpus, accelerators=accs, submit_time=r.submitted_at, start_time=begun,
+                        end_time=end or begun, elapsed_s=elapsed, state=final, cpu_seconds=cpu_s,
+                        accelerator_seconds=acc_s, charge=charge_of(cpu_s, acc_s, cpu_rate, acc_rate),
+                        total_cpu_s=None, source=r.backend,
+                    )
 
     @staticmethod
     def _with_job_ids(records: Iterator[UsageRecord], natives: dict[str, str]) -> Iterator[UsageRecord]:
@@ -228,37 +256,90 @@ class Accounts:
 
     def _sync_slurm(self, cfg: ClusterConfig, since: float | None, all_users: bool,
                     until: float | None) -> SyncResult:
+        """Book one physical Slurm cluster's jobs from sacct. Every config over the same cluster books the same
+        records (keyed on the physical cluster, not the config) and moves the same sync mark, so a job is
+        booked once whichever config submitted or synced it."""
         scope = "all" if all_users else self.user(_login())
         until = time.time() if until is None else until
+        key = self.physical(cfg)
+        siblings = self.siblings(cfg)
+        names = [c.name for c in siblings]
+        if self.ledger.db.may_rewrite:
+            self.ledger.adopt_keys(names, key)  # records booked before ids named the physical cluster
         if since is None:
-            since = self.ledger.mark(cfg.name, scope)
+            since = self.ledger.mark(key, scope) or self.ledger.mark(cfg.name, scope)
         if since is None:  # first sync: the start of last month
             t = datetime.fromtimestamp(until)
             since = datetime(t.year - (t.month == 1), (t.month - 2) % 12 + 1, 1).timestamp()
-        natives: dict[str, str] = {}
-        for r in self.client.store.query(cluster=cfg.name):
-            for n in (r.native_id or "").split(","):
-                if n:
-                    natives[n] = r.id
-        stats = ParseStats(track=set(natives) | self.ledger.reserved_natives(cfg.name))
+        natives: dict[str, tuple[str, str]] = {}  # native id -> (suanli id, config that submitted it)
+        for r in self.client.store.query():
+            if r.cluster in names:
+                for n in (r.native_id or "").split(","):
+                    if n:
+                        natives[n] = (r.id, r.cluster)
+        reserved = set().union(*(self.ledger.reserved_natives(n) for n in names))
+        stats = ParseStats(track=set(natives) | reserved)
+        # A job no suanli of this registry submitted shows under one config of the cluster, always the same.
+        owner = next((c for c in siblings if c.name == key.removeprefix("slurm:")), siblings[0])
+        rates = {c.name: _rates(c) for c in siblings}
         total = 0
         lo = since
         while lo < until:
             hi = min(lo + SYNC_WINDOW_S, until)
             argv = ["-S", _sacct_time(lo), "-E", _sacct_time(hi)] + (["--allusers"] if all_users else [])
             lines = self._sacct(cfg, argv)
-            recs = self._with_job_ids(parse_usage(lines, cfg.name, _rates(cfg), stats=stats), natives)
-            total += self.ledger.record(recs)
+            parsed = parse_usage(lines, owner.name, rates[owner.name], stats=stats, key=key)
+            total += self.ledger.record(self._submitters(parsed, natives, owner.name, rates))
             lo = hi
         done = stats.booked_jobs - stats.open_jobs
-        release_jobs = sorted({natives[n] for n in done if n in natives}
-                              - {natives[n] for n in stats.open_jobs if n in natives})
-        self.ledger.release(release_jobs, (cfg.name, sorted(done)))
+        release_jobs = sorted({natives[n][0] for n in done if n in natives}
+                              - {natives[n][0] for n in stats.open_jobs if n in natives})
+        self.ledger.release(release_jobs, (names, sorted(done)))
         # The mark moves only after every window is stored: a sync killed halfway redoes the same windows,
         # and the upsert on record_id makes that rewrite the same rows.
-        self.ledger.set_mark(cfg.name, scope, until)
+        self.ledger.set_mark(key, scope, until)
         return SyncResult(cfg.name, "slurm", since, until, total, stats.bad, len(stats.open_jobs),
                           tuple(sorted(stats.unknown_states)), len(release_jobs))
+
+    @staticmethod
+    def _submitters(records: Iterator[UsageRecord], natives: dict[str, tuple[str, str]], owner: str,
+                    rates: dict[str, Any]) -> Iterator[UsageRecord]:
+        """Records of jobs this registry submitted carry their suanli id and the config (and its rates) that
+        submitted them."""
+        for rec in records:
+            known = natives.get((rec.native_id or "").split("_")[0])
+            if known is None:
+                yield rec
+                continue
+            job_id, name = known
+            if name == owner:
+                yield dataclasses.replace(rec, job_id=job_id)
+                continue
+            cpu_rate, acc_rate, adapter = rates[name](rec.partition)
+            yield dataclasses.replace(rec, job_id=job_id, cluster=name, adapter=adapter,
+                                      charge=charge_of(rec.cpu_seconds, rec.accelerator_seconds, cpu_rate, acc_rate))
+
+    # ------------------------------------------------------------ which Slurm cluster a config names
+    def physical(self, cfg: ClusterConfig) -> str:
+        """``slurm:CLUSTERNAME``, the key of the Slurm cluster behind a config: its slurm.conf's ClusterName
+        (read from the file, else ``scontrol show config``), else the conf file's real path. Sacct's job ids
+        are unique per Slurm cluster, so usage records and sync marks are keyed on this, not the config."""
+        conf = str(cfg.slurm.get("conf") or os.environ.get("SLURM_CONF") or "/etc/slurm/slurm.conf")
+        if conf not in self._physical:
+            name = _conf_cluster_name(Path(conf))
+            if name is None:
+                try:
+                    name = self._slurm(cfg).config().get("ClusterName") or None
+                except BackendError:
+                    name = None
+            self._physical[conf] = "slurm:" + (name.lower() if name else "conf:" + os.path.realpath(conf))
+        return self._physical[conf]
+
+    def siblings(self, cfg: ClusterConfig) -> list[ClusterConfig]:
+        """The Slurm configs over the same physical cluster as ``cfg`` (itself included), by name."""
+        key = self.physical(cfg)
+        out = [c for c in self.client.configs.clusters.values() if c.backend == "slurm" and self.physical(c) == key]
+        return sorted(out or [cfg], key=lambda c: c.name)
 
     def _slurm(self, cfg: ClusterConfig) -> SlurmBackend:
         """The cluster's Slurm backend: it owns running Slurm's commands (SLURM_CONF, retries, streaming)."""
@@ -269,8 +350,9 @@ class Accounts:
         return backend
 
     def _sacct(self, cfg: ClusterConfig, extra: list[str]) -> Iterator[str]:
-        """Stream sacct's usage lines (header first)."""
-        argv = ["sacct", "--parsable2", "-X", "-D", "-o", ",".join(FIELDS), *extra]
+        """Stream sacct's usage lines (header first). Without -X: the step lines carry the measured CPU time
+        (Slurm 22.05 prints TotalCPU 00:00:00 on a -X allocation line), and the parser folds them in."""
+        argv = ["sacct", "--parsable2", "-D", "-o", ",".join(FIELDS), *extra]
         return self._slurm(cfg).stream(argv, f"cluster {cfg.name}: sacct")
 
     # ------------------------------------------------------------ Slurm association limits
@@ -337,6 +419,18 @@ def _login() -> str:
     from suanli.api import current_user
 
     return current_user()
+
+
+_CLUSTER_NAME = re.compile(r"^\s*ClusterName\s*=\s*([^\s#]+)", re.IGNORECASE | re.MULTILINE)
+
+
+def _conf_cluster_name(conf: Path) -> str | None:
+    """ClusterName from a slurm.conf (None when unreadable or absent: configless sites ask scontrol)."""
+    try:
+        m = _CLUSTER_NAME.search(conf.read_text(errors="replace"))
+    except OSError:
+        return None
+    return m.group(1) if m else None
 
 
 def _sacct_time(t: float) -> str:

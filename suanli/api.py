@@ -7,10 +7,12 @@ the registry behave the same from either.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import getpass
 import logging
 import os
 import secrets
+import socket
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -18,10 +20,18 @@ from typing import TYPE_CHECKING, Any, Literal, overload
 
 from suanli.adapters import get_adapter
 from suanli.compute.base import Backend, DependencyRef, JobRef, Plan, Submission
-from suanli.compute.config import ClusterConfig, Configs, PartitionConfig, load_configs
+from suanli.compute.config import (
+    DEFAULT_MAX_ARRAY_SIZE,
+    HARD_MAX_ARRAY_SIZE,
+    ClusterConfig,
+    Configs,
+    PartitionConfig,
+    load_configs,
+)
+from suanli.compute.local.runner import process_start, same_process
 from suanli.compute.registry import get_backend
 from suanli.compute.store import JobRow, Store, TaskUpdate
-from suanli.errors import BackendError, JobFailedError, RemoteTraceback, UsageError
+from suanli.errors import BackendError, JobFailedError, RemoteTraceback, SuanliError, UsageError
 from suanli.jobs.handle import Job, JobArray, JobController, Stream
 from suanli.jobs.record import JobInfo
 from suanli.jobs.resources import Resources
@@ -32,8 +42,12 @@ log = logging.getLogger("suanli")
 if TYPE_CHECKING:
     from suanli.accounts import Accounts
     from suanli.compute.dask.engine import Sweep
+    from suanli.jobs.state import JobState
 
 _ID_ALPHABET = "abcdefghjkmnpqrstuvwxyz23456789"
+#: A row still "Submitting" whose submitter ran on another machine (its pid cannot be checked from here) is
+#: taken as abandoned after this long.
+SUBMIT_STALE_S = 3600.0
 
 #: Keyword options of ``submit``/``map`` that go into Resources.
 RESOURCE_OPTIONS = {
@@ -175,7 +189,11 @@ class Client(JobController):
         adapter.check(res, where)
         if res.time_limit is None and (part.default_time or part.max_time):
             res = dataclasses.replace(res, time=part.default_time or part.max_time)
+        res = res.for_workload(spec.workload)  # ranks are tasks: fit check, estimate, sbatch and booking
         check_fits(res, part, where)
+        backend = self._submit_backend(cfg)
+        if spec.array is not None:
+            self._check_array_size(len(spec.array), cfg, backend)
         deps = tuple(self._dependency(d, cfg.name) for d in spec.dependencies)
         spec = dataclasses.replace(
             spec, resources=res, cluster=cfg.name, partition=part.name,
@@ -183,10 +201,23 @@ class Client(JobController):
             constraint=spec.constraint or part.constraint,
         )
         job_id = new_id()
-        backend = self._submit_backend(cfg)
         sub = Submission(job_id=job_id, spec=spec, cluster=cfg, partition=part, adapter=adapter,
                          job_dir=self.store.root / "jobs" / job_id, user=current_user(), dependencies=deps)
         return sub, backend
+
+    def array_cap(self, cfg: ClusterConfig, backend: Backend) -> int:
+        """The most tasks of one array on this cluster: ``max_array_size`` in its config, else the backend's
+        default (local: 100,000; Slurm: MaxArraySize x the split limit)."""
+        if cfg.max_array_size is not None:
+            return cfg.max_array_size
+        default = backend.array_cap()
+        return min(DEFAULT_MAX_ARRAY_SIZE if default is None else default, HARD_MAX_ARRAY_SIZE)
+
+    def _check_array_size(self, n: int, cfg: ClusterConfig, backend: Backend) -> None:
+        cap = self.array_cap(cfg, backend)
+        if n > cap:
+            raise UsageError(f"array: {n} tasks is more than cluster {cfg.name!r} allows ({cap}); submit fewer, "
+                             "larger tasks, or raise max_array_size in the cluster's config")
 
     def _submit_backend(self, cfg: ClusterConfig) -> Backend:
         """A backend built from the full cluster config (status-only backends may be built without one)."""
@@ -222,9 +253,12 @@ class Client(JobController):
             meta={"resources": s.resources.to_dict(), "array": s.array.compact() if s.array else None,
                   "dependencies": [f"{d.kind}:{d.job_id}" for d in sub.dependencies],
                   "max_restarts": s.max_restarts, "qos": s.qos, "constraint": s.constraint,
-                  "adapter": sub.adapter.name, "layout": plan.details.get("layout", {})},
+                  "adapter": sub.adapter.name, "layout": plan.details.get("layout", {}),
+                  "submitter": submitter()},
             done=False,
         )
+        # Reservations of submissions whose submitter died are given back before this one is weighed.
+        self.reconcile_unsubmitted(self.store.unsubmitted())
         # The quota check reserves the worst case before anything reaches the scheduler (exit 3 if it does
         # not fit); a refused submission gives the reservation back.
         checks = self.accounts.admit(sub, self.accounts.estimate(sub))
@@ -233,12 +267,14 @@ class Client(JobController):
         except BaseException:
             self.accounts.abandoned(sub.job_id, checks)
             raise
+        _test_pause("after-insert")
         try:
             native = backend.submit(plan)
         except BaseException:
             self.store.delete(sub.job_id)
             self.accounts.abandoned(sub.job_id, checks)
             raise
+        _test_pause("after-submit")
         self.store.set_native_id(sub.job_id, native)
         self.accounts.submitted(sub.job_id, native, checks)
         if s.array is not None:
@@ -295,10 +331,15 @@ class Client(JobController):
         the rows it asked about as they are now (jobs that just ended are booked in the ledger)."""
         from suanli.jobs.state import JobState
 
+        changed = self.reconcile_unsubmitted([r for r in rows if not r.done and r.native_id is None])
+        if changed:
+            again = {r.id: r for r in self.store.query(ids=changed)}
+            rows = [again.get(r.id, r) for r in rows]
         open_rows = [r for r in rows if not r.done and r.native_id is not None]
         if not open_rows:
-            return {}
+            return {r.id: r for r in rows if r.id in changed}
         tasks = self.store.tasks([r.id for r in open_rows])
+        known = {(r.id, None if t[0] == -1 else t[0]): t for r in open_rows for t in tasks[r.id]}
         groups: dict[tuple[str, str], list[JobRef]] = {}
         for r in open_rows:
             live = tuple(None if t[0] == -1 else t[0] for t in tasks[r.id] if not JobState(t[1]).is_terminal)
@@ -316,16 +357,57 @@ class Client(JobController):
                 log.warning("cluster %s: states not refreshed: %s", cluster, exc)
                 continue
             for (job_id, task), st in statuses.items():
+                if _unchanged(known.get((job_id, task)), st):
+                    continue  # a big array's status rewrites only the tasks that changed
                 updates.append(TaskUpdate(job_id, task, st.state, st.reason, st.restarts, st.started_at,
-                                          st.ended_at, st.exit_code, st.native_id))
-        if not updates:
+                                          st.ended_at, st.exit_code, st.native_id, st.attempts))
+        if not updates and not changed:
             return {}
         self.store.update_tasks(updates)
-        fresh = {r.id: r for r in self.store.query(ids=[r.id for r in open_rows])}
+        fresh = {r.id: r for r in self.store.query(ids=[*changed, *(r.id for r in open_rows)])}
         ended = [r for r in fresh.values() if r.done]
         if ended:
             self.accounts.finished(ended)
         return fresh
+
+    def reconcile_unsubmitted(self, rows: Sequence[JobRow], lost: JobState | None = None) -> list[str]:
+        """Rows still "Submitting" whose submitter died: the backend is asked whether the job reached it. Found:
+        its native id is recorded and it is followed like any other job. Not found: it ends ``lost`` (FAILED,
+        or CANCELLED when a cancel asked) with reason SubmitLost, having run nothing, and its quota reservation
+        is given back. Returns the ids of the rows it changed."""
+        from suanli.jobs.state import JobState
+
+        changed: list[str] = []
+        released: list[str] = []
+        for r in rows:
+            if r.done or r.native_id is not None or not _submitter_gone(r):
+                continue
+            try:
+                backend = self.backend(r.cluster, r.backend)
+                native = backend.find_submitted(self._ref(r), r.submitted_at)
+            except (BackendError, UsageError) as exc:
+                log.warning("job %s: its submitter died; cannot ask cluster %s about it yet: %s", r.id, r.cluster,
+                            exc)
+                continue
+            if native:
+                self.store.set_native_id(r.id, native)
+                self._ledger_call(functools.partial(_bind, job_id=r.id, native_id=native))
+            else:
+                self.store.end_unsubmitted(r.id, lost or JobState.FAILED, "SubmitLost")
+                released.append(r.id)
+            changed.append(r.id)
+        if released:
+            self._ledger_call(lambda ledger: ledger.release(released))
+        return changed
+
+    def _ledger_call(self, fn: Callable[[Any], None]) -> None:
+        """Run ``fn(ledger)`` when a ledger is in use; a failure only warns (`accounting sync` catches up)."""
+        try:
+            if self.configs.settings.ledger is None and not self.accounts.ledger.db.exists:
+                return
+            fn(self.accounts.ledger)
+        except (SuanliError, OSError) as exc:
+            log.warning("ledger not updated for an abandoned submission: %s", exc)
 
     def list_infos(self, rows: Sequence[JobRow], refresh: bool = True, strict: bool = False) -> list[JobInfo]:
         if refresh:
@@ -413,18 +495,25 @@ class Client(JobController):
         if outcome[0] == "ok":
             return outcome[1]
         _, exc, tb, text = outcome
-        if isinstance(exc, BaseException):
+        tid = job_id if task is None else f"{job_id}_{task} (task {task})"
+        if isinstance(exc, Exception):
             raise exc from RemoteTraceback(tb)
-        raise JobFailedError(f"job {job_id} raised {text}") from RemoteTraceback(tb)
+        # SystemExit or KeyboardInterrupt raised in the job must not stop the submitter: it is that task's failure.
+        raise JobFailedError(f"job {tid} raised {text}") from RemoteTraceback(tb)
 
     def cancel(self, job_id: str, task: int | None) -> None:
-        row = self._row(job_id)
-        if row.done:
-            return
-        self.backend(row.cluster, row.backend).cancel([self._ref(row, () if task is None else (task,))])
+        self.cancel_many([(self._row(job_id), task)])
 
     def cancel_many(self, targets: Sequence[tuple[JobRow, int | None]]) -> None:
-        """Cancel several jobs with one backend call per cluster."""
+        """Cancel several jobs with one backend call per cluster. A job left "Submitting" by a submitter that
+        died is first looked for on its backend: found, it is cancelled there; not found, it ends CANCELLED."""
+        from suanli.jobs.state import JobState
+
+        stuck = [row for row, _ in targets if not row.done and row.native_id is None]
+        changed = self.reconcile_unsubmitted(stuck, lost=JobState.CANCELLED)
+        if changed:
+            again = {r.id: r for r in self.store.query(ids=changed)}
+            targets = [(again.get(row.id, row), task) for row, task in targets]
         groups: dict[tuple[str, str], list[JobRef]] = {}
         for row, task in targets:
             if not row.done:
@@ -432,6 +521,47 @@ class Client(JobController):
                     self._ref(row, () if task is None else (task,)))
         for (cluster, backend_name), refs in groups.items():
             self.backend(cluster, backend_name).cancel(refs)
+
+
+def submitter() -> dict[str, Any]:
+    """Who is submitting (kept with the registry row): if this process dies before the backend's id is
+    recorded, a later status call sees it gone (pid and kernel start time, so a reused pid does not count)."""
+    pid = os.getpid()
+    return {"pid": pid, "start": process_start(pid), "host": socket.gethostname()}
+
+
+def _submitter_gone(row: JobRow) -> bool:
+    sub = row.meta.get("submitter") or {}
+    if sub.get("pid") and sub.get("host") == socket.gethostname():
+        return not same_process(int(sub["pid"]), sub.get("start"))
+    # Submitted on another machine, or by a suanli that did not record its submitters: only age can tell.
+    return time.time() - row.submitted_at > SUBMIT_STALE_S
+
+
+def _bind(ledger: Any, job_id: str, native_id: str) -> None:
+    ledger.bind(job_id, native_id)
+
+
+def _unchanged(known: tuple[Any, ...] | None, st: Any) -> bool:
+    """Whether a backend's answer repeats what the registry already holds for the task."""
+    if known is None:
+        return False
+    _, state, reason, restarts, started, ended, code, native = known
+    return (st.state.value == state and st.reason == reason and st.restarts == restarts
+            and st.started_at in (None, started) and st.ended_at == ended and st.exit_code == code
+            and st.native_id in (None, native))
+
+
+def _test_pause(point: str) -> None:
+    """Test-only hook: with SUANLI_TEST_PAUSE_AT=point the submitter creates SUANLI_TEST_PAUSE_FILE there and
+    waits (at most 2 minutes) until it is removed, so a test can kill it at a known step of a submission."""
+    if os.environ.get("SUANLI_TEST_PAUSE_AT") != point:
+        return
+    path = Path(os.environ["SUANLI_TEST_PAUSE_FILE"])
+    path.write_text(str(os.getpid()))
+    deadline = time.monotonic() + 120
+    while path.exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
 
 
 def follow_files(paths: Sequence[Path], finished: Callable[[], bool], check_every: float = 1.0
@@ -487,9 +617,9 @@ def check_fits(res: Resources, part: PartitionConfig, where: str) -> None:
     if part.nodes is not None and res.nodes > part.nodes:
         raise too_big("nodes", res.nodes, f"{part.nodes} node(s)", "ask for fewer nodes")
     if part.cpus_per_node is not None and res.cpus_per_node > part.cpus_per_node:
-        raise too_big("cpus", f"{res.cpus_per_node} CPUs per node ({res.tasks_per_node} tasks x "
+        raise too_big("cpus", f"{res.cpus_per_node} CPUs per node ({res.tasks_per_node} tasks or ranks x "
                       f"{res.cpus_per_task} cpus)", f"{part.cpus_per_node} per node",
-                      "ask for fewer tasks or CPUs per task")
+                      "ask for fewer tasks, ranks (nproc_per_node, ranks) or CPUs per task")
     if res.accelerators_per_node > part.accelerators_per_node:
         raise too_big("accelerators", f"{res.accelerators_per_node} per node",
                       f"{part.accelerators_per_node} per node", "ask for fewer accelerators per node, more nodes")

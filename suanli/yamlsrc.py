@@ -77,49 +77,107 @@ def dotted(path: Path_) -> str:
     return out
 
 
+#: Every input is bounded: spec, cluster and settings files are small, so anything larger is a mistake or an attack.
+MAX_BYTES = 1024 * 1024
+MAX_DEPTH = 32
+
+
 def load_yaml(file: str, text: str | None = None) -> Source:
-    """Parse one YAML file; a syntax error names the file and line."""
+    """Parse one YAML file; a syntax error names the file and line.
+
+    Anchors and aliases are refused (nine nested aliases expand to billions of nodes), as are duplicate keys
+    (YAML would keep the last one silently), files over ``MAX_BYTES`` and nesting deeper than ``MAX_DEPTH``.
+    """
     import yaml
 
     loader_cls = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
     if text is None:
-        try:
-            with open(file, encoding="utf-8") as fh:
-                text = fh.read()
-        except OSError as exc:
-            raise ConfigError(f"{file}: cannot read: {exc.strerror or exc}") from None
-        except UnicodeDecodeError:
-            raise ConfigError(f"{file}: not UTF-8 text; save the file as UTF-8 YAML") from None
-    loader = loader_cls(text)
+        text = _read(file)
+    if len(text) > MAX_BYTES:
+        raise ConfigError(f"{file}: {len(text)} characters is larger than the {MAX_BYTES // 1024} KiB limit for "
+                          "a suanli YAML file")
     try:
-        node = loader.get_single_node()
-        data = loader.construct_document(node) if node is not None else None
+        _check_events(file, text, loader_cls)
+        loader = loader_cls(text)
+        try:
+            node = loader.get_single_node()
+            data = loader.construct_document(node) if node is not None else None
+        finally:
+            loader.dispose()
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = f":{mark.line + 1}" if mark is not None else ""
         raise ConfigError(f"{file}{line}: YAML syntax error: {exc.problem or exc.context}") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{file}: YAML error: {exc}") from None
-    finally:
-        loader.dispose()
+    except RecursionError:
+        raise ConfigError(f"{file}: nested too deeply (more than {MAX_DEPTH} levels)") from None
     src = Source(file, data)
     if node is not None:
-        _index(node, (), src.lines, src.raw)
+        _index(node, (), src.lines, src.raw, src)
     return src
 
 
-def _index(node: Any, path: Path_, lines: dict[Path_, int], raw: dict[Path_, str]) -> None:
+def _read(file: str) -> str:
+    try:
+        with open(file, "rb") as fh:
+            raw = fh.read(MAX_BYTES + 1)
+    except OSError as exc:
+        raise ConfigError(f"{file}: cannot read: {exc.strerror or exc}") from None
+    if len(raw) > MAX_BYTES:
+        raise ConfigError(f"{file}: larger than the {MAX_BYTES // 1024} KiB limit for a suanli YAML file")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{file}: not UTF-8 text; save the file as UTF-8 YAML") from None
+
+
+def _check_events(file: str, text: str, loader_cls: Any) -> None:
+    """Refuse anchors, aliases and deep nesting from the event stream, before anything is built (the
+    parser is iterative, so even a megabyte of ``[`` costs nothing here)."""
+    import yaml
+
+    loader = loader_cls(text)
+    depth = 0
+    try:
+        while True:
+            event = loader.get_event()
+            if event is None or isinstance(event, yaml.StreamEndEvent):
+                return
+            line = event.start_mark.line + 1
+            if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None):
+                name = event.anchor
+                raise ConfigError(f"{file}:{line}: YAML anchors and aliases (&{name}, *{name}) are not allowed in "
+                                  "suanli files; write the value out")
+            if isinstance(event, yaml.CollectionStartEvent):
+                depth += 1
+                if depth > MAX_DEPTH:
+                    raise ConfigError(f"{file}:{line}: nested more than {MAX_DEPTH} levels deep; flatten it")
+            elif isinstance(event, yaml.CollectionEndEvent):
+                depth -= 1
+    finally:
+        loader.dispose()
+
+
+def _index(node: Any, path: Path_, lines: dict[Path_, int], raw: dict[Path_, str], src: Source) -> None:
     import yaml
 
     lines[path] = node.start_mark.line + 1
     if isinstance(node, yaml.ScalarNode):
         raw[path] = node.value
     if isinstance(node, yaml.MappingNode):
+        seen: dict[str, int] = {}
         for k, v in node.value:
             key = k.value if isinstance(k, yaml.ScalarNode) else str(k.start_mark.line)
-            lines[path + (key,)] = k.start_mark.line + 1
-            _index(v, path + (key,), lines, raw)
-            lines[path + (key,)] = k.start_mark.line + 1
+            line = k.start_mark.line + 1
+            if key in seen:
+                where = f"{src.file}:{line}"
+                at = f"{dotted(path + (key,))}: " if path or key else ""
+                raise ConfigError(f"{where}: {at}duplicate key {key!r} (first on line {seen[key]}); keep one")
+            seen[key] = line
+            lines[path + (key,)] = line
+            _index(v, path + (key,), lines, raw, src)
+            lines[path + (key,)] = line
     elif isinstance(node, yaml.SequenceNode):
         for i, item in enumerate(node.value):
-            _index(item, path + (i,), lines, raw)
+            _index(item, path + (i,), lines, raw, src)

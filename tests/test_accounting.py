@@ -210,8 +210,8 @@ def test_sixteen_racing_submitters_never_overrun(ledger: Ledger, ledger_url: str
     """16 processes ask at once for 1 cpu-hour each against 5 remaining: exactly 5 pass."""
     ledger.set_quota(Quota(account="race", cpu_hours=5), "admin")
     ledger.close()
-    cmd = [sys.executable, "-m", "suanli", "submit", "-A", "race", "-t", "1h", "--dry-run", "--json", "--", "true"]
-    del cmd[-4]  # not a dry run: the real submission path, which reserves
+    # The real submission path, which reserves; jobs that outlast the race (admission settles ended ones).
+    cmd = [sys.executable, "-m", "suanli", "submit", "-A", "race", "-t", "1h", "--json", "--", "sleep", "120"]
     procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(16)]
     codes = [p.wait(timeout=120) for p in procs]
     errors = [p.stderr.read() for p in procs if p.stderr]  # type: ignore[union-attr]

@@ -51,10 +51,12 @@ def test_submit_json_then_wait_logs_and_exit_codes(home: Path) -> None:
     assert errs.stderr == "oops\n" and errs.stdout == ""
 
 
-def test_submit_wait_and_follow_return_the_jobs_exit_code(home: Path) -> None:
+def test_submit_wait_and_follow_exit_1_unless_completed_and_exit_code_opts_in(home: Path) -> None:
     r = run_cli("submit", "--wait", "--", "sh", "-c", "exit 5")
+    assert r.returncode == 1 and "(exit code 5)" in r.stderr
+    r = run_cli("submit", "--wait", "--exit-code", "--", "sh", "-c", "exit 5")
     assert r.returncode == 5
-    r = run_cli("submit", "--follow", "--", "sh", "-c", "echo one; sleep 0.5; echo two; exit 4")
+    r = run_cli("submit", "--follow", "--exit-code", "--", "sh", "-c", "echo one; sleep 0.5; echo two; exit 4")
     assert r.returncode == 4
     assert r.stdout.splitlines()[-2:] == ["one", "two"]
     r = run_cli("submit", "--wait", "--", "true")

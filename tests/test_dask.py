@@ -6,7 +6,9 @@ starts the cluster and exports SUANLI_TEST_SLURM_CONF).
 
 from __future__ import annotations
 
+import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -16,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import run_cli
 
 from suanli.errors import BackendError, JobFailedError, QuotaExceeded, RemoteTraceback, UsageError
 from suanli.jobs.state import JobState
@@ -33,6 +36,23 @@ def fail_on_three(x: int) -> int:
     if x == 3:
         raise ValueError("item three is bad")
     return x + 100
+
+
+def stamped(x: int) -> tuple[int, float]:
+    """The item and the wall-clock time it finished (pilots run on this machine: one clock)."""
+    return x, time.time()
+
+
+def until(check: Any, timeout: float, what: str, every: float = 0.5) -> Any:
+    """Poll ``check()`` until it returns something true, at most ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        got = check()
+        if got:
+            return got
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(every)
 
 
 def queued(slurm_conf: str, native_ids: list[str]) -> set[str]:
@@ -66,10 +86,11 @@ def test_map_of_500_items_on_two_pilot_workers(slurm: Any, slurm_conf: str) -> N
         assert r.meta["resources"]["time_s"] == 600 and r.meta["resources"]["cpus_per_task"] == 1
         assert r.meta["sweep"] == sweep.id
         assert (Path(r.job_dir) / "job.sh").exists() and (Path(r.job_dir) / "job.err").exists()
-    # Their final states were recorded on the way out (a clean finish retires the workers first).
-    infos = slurm.list_infos(rows)
-    assert all(i.state.is_terminal for i in infos), [(i.id, i.state) for i in infos]
+    # The pilots were scancelled on the way out: gone from the queue, and their rows end (refreshed here or by the
+    # sweep's own background refresh).
     assert not wait_gone(slurm_conf, [r.native_id for r in rows])
+    until(lambda: all(i.state.is_terminal for i in slurm.list_infos(slurm.store.query(ids=sweep.pilot_jobs))), 60,
+          "the pilot rows to end")
     assert time.monotonic() - t0 < 90
 
 
@@ -145,6 +166,76 @@ def test_pilots_that_cannot_start_end_the_sweep(slurm: Any) -> None:
     assert len(partial) == 3 and partial.failed == [0, 1, 2]
     rows = [r for r in slurm.store.query() if r.kind == "dask-worker"]
     assert len(rows) == 1 and rows[0].done
+
+
+def test_the_sweep_returns_right_after_its_last_item(slurm: Any, slurm_conf: str, tmp_path: Path) -> None:
+    """A script's sweep returns within a moment of its last item (the old teardown retired the workers and
+    waited for the pilots to end: about 5 s), the script then exits at once (no thread keeps it alive), and
+    the next `suanli status` shows the scancelled pilots ended and books their usage."""
+    script = tmp_path / "sweep.py"
+    script.write_text(textwrap.dedent("""
+        import json, sys, time
+        import suanli.api
+
+        def stamped(x):
+            return x, time.time()
+
+        sweep = suanli.api.Client().map(stamped, range(60), engine="dask", max_concurrent=2, time="10m")
+        print(json.dumps({"returned": time.time(), "last": max(t for _, t in sweep.values),
+                          "pilots": sweep.pilot_jobs}), flush=True)
+    """))
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p)))
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()  # blocks until the sweep has returned
+        assert line, proc.communicate(timeout=60)
+        out = json.loads(line)
+        proc.wait(timeout=60)
+        exited = time.time()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, proc.stderr.read() if proc.stderr else ""
+    tail = out["returned"] - out["last"]
+    assert tail < 2.5, f"map returned {tail:.2f} s after its last item"
+    assert exited - out["returned"] < 5, f"the script took {exited - out['returned']:.1f} s to exit after the sweep"
+    pilots = out["pilots"]
+    assert len(pilots) == 2
+
+    def ended() -> list[dict[str, Any]] | None:
+        r = run_cli("status", "--json", *pilots)
+        assert r.returncode == 0, r.stderr
+        rows = json.loads(r.stdout)
+        return rows if all(row["state"] in ("CANCELLED", "COMPLETED") for row in rows) else None
+
+    rows = until(ended, 60, "`suanli status` to show the pilot jobs ended")
+    assert sorted(row["id"] for row in rows) == sorted(pilots)
+    natives = [r.native_id for r in slurm.store.query(ids=pilots)]
+    assert not wait_gone(slurm_conf, natives)
+    # Their usage is booked by that refresh (each pilot ran a few seconds on one core).
+    booked = until(lambda: {row["job"]: row for row in slurm.accounts.ledger.report(["job"])
+                            if row["job"] in natives} or None, 30, "the pilots' usage in the ledger")
+    assert set(booked) == set(natives)
+    assert all(row["jobs"] == 1 and row["cpu_hours"] > 0 and row["job_id"] in pilots for row in booked.values())
+    assert slurm.accounts.ledger.reservations() == []
+    # Each pilot asked Slurm for the core's share of the partition (7000M / 8 cores) and told its worker the same.
+    for r in slurm.store.query(ids=pilots):
+        req = subprocess.run(["sacct", "-X", "-n", "-P", "-o", "ReqMem", "-j", r.native_id], capture_output=True,
+                             text=True, env=dict(os.environ, SLURM_CONF=slurm_conf), timeout=30).stdout.split()
+        assert req == ["875M"], req
+        words = shlex.split((Path(r.job_dir) / "job.sh").read_text().strip().splitlines()[-1])
+        assert words.count("--memory-limit") == 1 and words[words.index("--memory-limit") + 1] == "875.00MiB"
+
+
+def test_a_finished_sweep_records_its_pilots_ended_in_process(slurm: Any) -> None:
+    """In a process that goes on after the sweep, the pilots' rows end without anyone asking."""
+    sweep = slurm.map(stamped, range(8), engine="dask", max_concurrent=1, time="10m")
+    assert [v for v, _ in sweep.values] == list(range(8))
+    until(lambda: all(r.done for r in slurm.store.query(ids=sweep.pilot_jobs)), 60, "the pilot rows to end")
+    infos = slurm.list_infos(slurm.store.query(ids=sweep.pilot_jobs), refresh=False)
+    assert [i.state for i in infos] in ([JobState.CANCELLED], [JobState.COMPLETED])
 
 
 # ---------------------------------------------------------------- validation (no cluster needed)
@@ -238,6 +329,28 @@ def test_sweeps_are_held_to_quotas(slurm: Any) -> None:
         slurm.map(sq, [1, 2], engine="dask", time="10m")
     assert not [r for r in slurm.store.query() if r.kind == "dask-worker"]
     assert slurm.accounts.ledger.reservations() == []
+
+
+def test_pilots_have_one_memory_limit_and_sbatch_gets_mem(fake_slurm: Any) -> None:
+    """The worker gets one --memory-limit (there were two, contradictory) and sbatch the same figure as --mem, on
+    its command line; no option reaches the script's header."""
+    from dask.utils import parse_bytes
+
+    from suanli.compute.dask.engine import Pilots, _job_class, pilot_job_options, resolve
+
+    # No memory asked for: 1 GiB a core (the partition's config does not say its memory); else the request.
+    for opts, mb in (({}, 1024), ({"cpus_per_task": 2}, 2048), ({"memory": "3G"}, 3072)):
+        req = resolve(fake_slurm, sq, "fake", opts)
+        pilots = Pilots(fake_slurm, req, "sweepid1", "sq")
+        argv = pilots.sbatch_argv("pilot001")
+        assert [a for a in argv if a.startswith("--mem")] == [f"--mem={mb}M"], argv
+        job = _job_class(pilots)(scheduler="tcp://127.0.0.1:8786", name="w0", **pilot_job_options(req))
+        script = job.job_script()
+        assert "#SBATCH" not in script
+        words = shlex.split(script.strip().splitlines()[-1])
+        assert words.count("--memory-limit") == 1, words
+        assert parse_bytes(words[words.index("--memory-limit") + 1]) == mb * 2**20
+        assert req.sub.spec.resources.memory_mb == mb  # what the registry row records
 
 
 def test_more_bad_options_are_one_line_errors(fake_slurm: Any) -> None:

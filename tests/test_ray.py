@@ -361,3 +361,19 @@ def test_ray_cli_is_import_light() -> None:
     assert r.returncode == 0
     src = (REPO / "suanli" / "cli" / "ray_cmd.py").read_text()
     assert "\nimport ray" not in src and "\nfrom ray" not in src
+
+
+def test_a_ray_job_whose_submitter_died_is_found_or_lost(ray: Any, tmp_path: Path) -> None:
+    """The submission id is the suanli id: a submitter killed after submit_job leaves a job that `status` adopts
+    (and sees end); one killed before it leaves a row that ends FAILED SubmitLost, not PENDING forever."""
+    from test_trust_local import killed_submit
+
+    adopted = killed_submit(tmp_path, "after-submit", "-t", "2m", "--", "true")
+    lost = killed_submit(tmp_path, "after-insert", "-t", "2m", "--", "true")
+    r = run_cli("wait", "--timeout", "120", adopted, timeout=180)
+    assert r.returncode == 0, r.stdout + r.stderr
+    r = run_cli("status", "--json", adopted, lost)
+    assert r.returncode == 0, r.stderr
+    got = {i["id"]: (i["state"], i["reason"], i["native_id"]) for i in json.loads(r.stdout)}
+    assert got[adopted] == ("COMPLETED", None, adopted)
+    assert got[lost][:2] == ("FAILED", "SubmitLost")

@@ -23,9 +23,9 @@ class Estimate:
             return "no time limit, so no upper bound on cost"
         acc = ""
         if self.accelerators:
-            acc = f", {self.accelerator_hours:.2f} {self.accelerator_kind} accelerator-hours"
-        return (f"at most {self.cpu_hours:.2f} cpu-hours{acc}, charge {self.charge:.2f} units "
-                f"({self.tasks} task(s) x {self.hours:.2f} h)")
+            acc = f", {_num(self.accelerator_hours)} {self.accelerator_kind} accelerator-hours"
+        return (f"at most {_num(self.cpu_hours)} cpu-hours{acc}, charge {_num(self.charge)} units "
+                f"({self.tasks} task(s) x {_num(self.hours)} h)")
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -38,6 +38,15 @@ class Estimate:
             "accelerator_hours": self.accelerator_hours,
             "charge": self.charge,
         }
+
+
+def _num(x: float | None) -> str:
+    """Three significant digits, so a one-minute job reads 0.0167 cpu-hours, not 0.00."""
+    if x is None:
+        return "?"
+    if x == 0 or abs(x) >= 100:
+        return f"{x:,.0f}"
+    return f"{x:.3g}" if abs(x) >= 1e-4 else f"{x:.2e}"
 
 
 def worst_case(resources: Resources, tasks: int, cpu_hour_rate: float, accelerator_hour_rate: float,

@@ -39,6 +39,10 @@ REPORT_KEYS = {
 RESOURCE_NAMES = {"cpu_hours": "cpu-hours", "accelerator_hours": "accelerator-hours", "charge": "charge units"}
 
 
+#: (cluster or the config names of one Slurm cluster, native ids that sacct booked as ended).
+NativeDone = tuple[str | Sequence[str], Sequence[str]]
+
+
 @dataclass(frozen=True)
 class Check:
     """One limit of one quota as admission saw it (hours, or charge units)."""
@@ -85,7 +89,7 @@ class Ledger:
 
     # ------------------------------------------------------------ usage
     def record(self, records: Iterable[UsageRecord], release_jobs: Sequence[str] = (),
-               release_native: tuple[str, Sequence[str]] | None = None, batch: int = BATCH) -> int:
+               release_native: NativeDone | None = None, batch: int = BATCH) -> int:
         """Upsert records in batches (each batch one transaction, so a killed sync loses nothing it
         committed and a rerun rewrites the same rows); reservations are released with the last batch."""
         self.db.may_rewrite  # noqa: B018 - asked once, outside the write transactions
@@ -171,19 +175,20 @@ class Ledger:
         tx.execute(f"INSERT INTO usage_records ({cols}) SELECT {cols} FROM usage_stage "
                    f"ON CONFLICT (record_id) {conflict}")
 
-    def release(self, job_ids: Sequence[str] = (), native: tuple[str, Sequence[str]] | None = None) -> None:
+    def release(self, job_ids: Sequence[str] = (), native: NativeDone | None = None) -> None:
         with self.db.transaction() as tx:
             self._release(tx, job_ids, native)
 
     @staticmethod
-    def _release(tx: Tx, job_ids: Sequence[str], native: tuple[str, Sequence[str]] | None) -> None:
-        """Delete the reservations of these suanli jobs, and of every job on ``native[0]`` whose native ids
-        (all parts of a split array) are all in ``native[1]``."""
+    def _release(tx: Tx, job_ids: Sequence[str], native: NativeDone | None) -> None:
+        """Delete the reservations of these suanli jobs, and of every job on ``native[0]`` (a cluster, or the
+        configs of one Slurm cluster) whose native ids (all parts of a split array) are all in ``native[1]``."""
         ids = list(job_ids)
         if native and native[1]:
             done = set(native[1])
-            for job_id, text in tx.all("SELECT job_id, native_id FROM reservations WHERE cluster = ? AND "
-                                       "native_id IS NOT NULL", (native[0],)):
+            names = [native[0]] if isinstance(native[0], str) else list(native[0])
+            for job_id, text in tx.all(f"SELECT job_id, native_id FROM reservations WHERE cluster IN "
+                                       f"({', '.join('?' * len(names))}) AND native_id IS NOT NULL", names):
                 parts = [p for p in str(text).split(",") if p]
                 if parts and all(p in done for p in parts):
                     ids.append(job_id)
@@ -197,6 +202,30 @@ class Ledger:
             rows = tx.all("SELECT native_id FROM reservations WHERE cluster = ? AND native_id IS NOT NULL",
                           (cluster,))
         return {n for (text,) in rows for n in str(text).split(",") if n}
+
+    def reserved_jobs(self, account: str) -> list[str]:
+        """The suanli ids holding a reservation on this account (admission settles them first)."""
+        with self.db.transaction() as tx:
+            return [str(r[0]) for r in tx.all("SELECT job_id FROM reservations WHERE account = ?", (account,))]
+
+    def adopt_keys(self, configs: Sequence[str], key: str) -> int:
+        """Re-key Slurm records booked when record ids began with the config name (``CONFIG|job|...``) to the
+        physical cluster's key (``slurm:NAME|job|...``); a second copy of one job, booked through another config
+        over the same cluster, is deleted. Needs the right to rewrite usage (SQLite, PostgreSQL's admin role);
+        costs one index range probe per config once done."""
+        n = 0
+        with self.db.transaction() as tx:
+            for name in configs:
+                lo, hi = name + "|", name + "}"  # '}' follows '|': every id with this exact prefix
+                old = "backend = 'slurm' AND record_id >= ? AND record_id < ?"
+                new_id = "CAST(? AS TEXT) || substr(record_id, CAST(? AS INTEGER))"
+                tx.execute(f"DELETE FROM usage_records WHERE {old} AND EXISTS (SELECT 1 FROM usage_records u "
+                           f"WHERE u.record_id = CAST(? AS TEXT) || substr(usage_records.record_id, "
+                           f"CAST(? AS INTEGER)))", (lo, hi, key, len(name) + 1))
+                n += max(tx.rowcount, 0)
+                tx.execute(f"UPDATE usage_records SET record_id = {new_id} WHERE {old}", (key, len(name) + 1, lo, hi))
+                n += max(tx.rowcount, 0)
+        return n
 
     def reservations(self) -> list[dict[str, Any]]:
         with self.db.transaction() as tx:

@@ -111,9 +111,39 @@ def _int(text: str, default: int = 0) -> int:
 
 
 def parse_usage(lines: Iterable[str], cluster: str, rates: Rates = no_rates, *, delimiter: str = "|",
-                header: list[str] | None = None, stats: ParseStats | None = None) -> Iterator[UsageRecord]:
-    """Records from sacct lines (the first line is the header unless ``header`` is given). Step lines
-    (``123.batch``) are skipped: the allocation line carries AllocTRES, CPUTimeRAW and the summed TotalCPU."""
+                header: list[str] | None = None, stats: ParseStats | None = None,
+                key: str | None = None) -> Iterator[UsageRecord]:
+    """Records from sacct lines (the first line is the header unless ``header`` is given), one per allocation
+    line. The allocation line carries AllocTRES, CPUTimeRAW and the elapsed time; the measured TotalCPU is on the
+    step lines (``123.batch``, ``123.extern``, ``123.0``) that follow it when sacct runs without ``-X`` (Slurm
+    22.05 prints 00:00:00 on a -X allocation line), so a record is yielded once its steps are read.
+
+    ``cluster`` is the config name the records show; ``key`` (default: ``cluster``) starts their record ids:
+    the physical Slurm cluster, so two configs over one slurm.conf book a job once."""
+    current: UsageRecord | None = None
+    steps_cpu = 0.0
+    for item in _parse_lines(lines, cluster, key or cluster, rates, delimiter, header, stats):
+        if item is None or isinstance(item, UsageRecord):  # an allocation line (None: one still open)
+            if current is not None:
+                yield _with_steps(current, steps_cpu)
+            current, steps_cpu = item, 0.0
+        elif current is not None and item[0] == current.native_id:
+            steps_cpu += item[1]  # a step of the allocation just read; never a record of its own
+    if current is not None:
+        yield _with_steps(current, steps_cpu)
+
+
+def _with_steps(rec: UsageRecord, steps_cpu: float) -> UsageRecord:
+    """sacct sums the steps into the allocation's TotalCPU itself where it can; where it printed none (Slurm
+    22.05 under -X, or an allocation line without it) the steps' sum stands in. Never both: no double count."""
+    if not rec.total_cpu_s and steps_cpu:
+        rec.total_cpu_s = steps_cpu
+    return rec
+
+
+def _parse_lines(lines: Iterable[str], cluster: str, key: str, rates: Rates, delimiter: str, header: list[str] | None,
+                 stats: ParseStats | None) -> Iterator[UsageRecord | tuple[str, float] | None]:
+    """Allocation records (None for one still open), and ``(allocation id, TotalCPU seconds)`` per step line."""
     st = stats if stats is not None else ParseStats()
     kinds = _gres_kinds()
     it = iter(lines)
@@ -172,6 +202,7 @@ def parse_usage(lines: Iterable[str], cluster: str, rates: Rates = no_rates, *, 
         job = row[c_job]
         if not job or "." in job:
             st.steps += 1
+            yield job.partition(".")[0], parse_clock(row[c_total]) or 0.0
             continue
         state = row[c_state]
         if " " in state or state.endswith("+"):
@@ -182,6 +213,7 @@ def parse_usage(lines: Iterable[str], cluster: str, rates: Rates = no_rates, *, 
         if state in OPEN_STATES or end is None:
             st.open += 1
             st.note(st.open_jobs, base)
+            yield None
             continue
         if state not in KNOWN_FINAL and state not in st.unknown_states:
             st.unknown_states.add(state)
@@ -220,7 +252,7 @@ def parse_usage(lines: Iterable[str], cluster: str, rates: Rates = no_rates, *, 
         st.records += 1
         st.note(st.booked_jobs, base)
         yield UsageRecord(
-            record_id=f"{cluster}|{job}|{int(submit or 0)}|{int(start or 0)}",
+            record_id=f"{key}|{job}|{int(submit or 0)}|{int(start or 0)}",
             cluster=cluster, backend="slurm", native_id=job, job_id=None,
             array_task=int(task_text) if task_text.isdigit() else None, attempt=n_attempt,
             user=same(row[c_user]) or None, account=same(row[c_account]) or None, partition=part, adapter=adapter,

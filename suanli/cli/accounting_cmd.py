@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 from typing import TYPE_CHECKING, Any
 
-from suanli.cli.output import print_json, table
+from suanli.cli.output import csv_cell, print_json, table
 from suanli.errors import UsageError
 
 if TYPE_CHECKING:
@@ -87,7 +88,24 @@ def _when(text: str | None, flag: str) -> float | None:
 
 
 # ---------------------------------------------------------------- usage
+def sig(value: float, digits: int = 3) -> str:
+    """A table cell with ``digits`` significant figures, so a 2-second job shows 0.00111, not 0.00: plain
+    decimals from 1e-6 to 1e9 (no decimals from 100 up: 1234.4 shows 1234), scientific only beyond.
+    JSON and CSV keep the full value."""
+    if value == 0:
+        return "0"
+    mag = abs(value)
+    if mag < 1e-6 or mag >= 1e9:
+        return f"{value:.{digits - 1}e}"
+    if mag >= 10 ** (digits - 1):
+        return f"{value:.0f}"
+    decimals = digits - 1 - math.floor(math.log10(mag))
+    return f"{value:.{decimals}f}"
+
+
 def cmd_usage(args: argparse.Namespace) -> int:
+    if args.plot and not args.plot.lower().endswith(".png"):
+        raise UsageError(f"usage --plot: {args.plot!r} must be a .png file name (the chart is a PNG image)")
     by = [k.strip() for k in args.by.split(",") if k.strip()]
     client = _client(args)
     if args.cluster and args.cluster not in client.configs.clusters:
@@ -108,15 +126,15 @@ def cmd_usage(args: argparse.Namespace) -> int:
         if rows:
             w.writerow(list(rows[0].keys()))
         for r in rows:
-            w.writerow(["" if v is None else v for v in r.values()])
+            w.writerow([csv_cell(v) for v in r.values()])  # no spreadsheet formulas from names
     elif not args.plot or sys.stdout.isatty():
         sums = ("jobs", "cpu_hours", "accelerator_hours", "charge", "cpu_efficiency", "job_id", "state")
         head = [k for k in rows[0] if k not in sums] if rows else by
         extra = ["job_id", "state", "cpu_eff"] if "job" in by else []
         body = []
         for r in rows:
-            line = [r[k] for k in head] + [r["jobs"], f"{r['cpu_hours']:.2f}", f"{r['accelerator_hours']:.2f}",
-                                           f"{r['charge']:.2f}"]
+            line = [r[k] for k in head] + [r["jobs"], sig(r["cpu_hours"]), sig(r["accelerator_hours"]),
+                                           sig(r["charge"])]
             if extra:
                 eff = r.get("cpu_efficiency")
                 line += [r.get("job_id"), r.get("state"), "" if eff is None else f"{eff:.0%}"]
@@ -230,7 +248,7 @@ def _quota_show(args: argparse.Namespace) -> int:
     for c in checks:
         q = c.quota
         line: list[object] = [q.id, q.account, q.user or "*", q.cluster or "*", c.window, _label(c.resource, c.kind),
-                              f"{c.limit:.1f}", f"{c.used:.1f}", f"{c.reserved:.1f}", f"{max(c.remaining, 0):.1f}"]
+                              sig(c.limit), sig(c.used), sig(c.reserved), sig(max(c.remaining, 0))]
         if bars:
             line.append(_bar(c))
         body.append(line)

@@ -39,13 +39,11 @@ def _spec_from_args(args: argparse.Namespace) -> Any:
     from suanli.api import build_spec
     from suanli.jobs.spec import Command, JobSpec
 
-    command = list(args.command)
-    if command and command[0] == "--":
-        command = command[1:]
-    if len(command) == 1 and command[0].endswith((".yaml", ".yml")) and Path(command[0]).is_file():
+    command = list(args.command)  # main._split_submit took the spec file and any -- off
+    if getattr(args, "spec_file", None):
         from suanli.jobs.specfile import load_spec_file
 
-        spec = load_spec_file(command[0])
+        spec = load_spec_file(args.spec_file)
     elif not command:
         raise UsageError("submit: give a command after -- (suanli submit -- python sim.py) or a JOB.yaml file")
     else:
@@ -69,6 +67,8 @@ def _spec_from_args(args: argparse.Namespace) -> Any:
 def cmd_submit(args: argparse.Namespace) -> int:
     client = _client(args)
     spec = _spec_from_args(args)
+    if not args.dry_run:
+        _check_writable_home(client)
     if args.dry_run:
         plan, sub = client.plan(spec)
         est = client.accounts.estimate(sub)
@@ -107,11 +107,36 @@ def cmd_submit(args: argparse.Namespace) -> int:
     final = client.wait_for([(job_id, None)], None)
     if args.json:
         print_json([i.to_json() for i in final])
-    else:
-        f = _combined(final)
-        print(f"job {job_id} {f.state.value}" + ("" if f.exit_code is None else f" (exit code {f.exit_code})"),
-              file=sys.stderr)
-    return job_exit_code(final)
+    f = _combined(final)
+    print(f"job {job_id} {f.state.value}" + ("" if f.exit_code is None else f" (exit code {f.exit_code})"),
+          file=sys.stderr)
+    return waited_exit_code(final, args.exit_code)
+
+
+def _check_writable_home(client: Client) -> None:
+    """Submitting writes the registry and the job folder: say so before anything is planned or reserved."""
+    import os
+
+    root = client.store.root
+    probe = root
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not os.access(probe, os.W_OK):
+        ro = bool(os.statvfs(probe).f_flag & os.ST_RDONLY)
+        why = "read-only file system" if ro else "permission denied"
+        raise UsageError(f"SUANLI_HOME {root}: {why}; submit records the job there: set SUANLI_HOME to a "
+                         "writable folder")
+
+
+def waited_exit_code(infos: list[JobInfo], own: bool = False) -> int:
+    """suanli's own code for a waited job: 0 if every task completed, else 1. ``own`` (``--exit-code``, as
+    srun does) returns the job's own code instead, so a job exiting 2-4 is not read as suanli's usage, quota
+    or backend error unless asked for."""
+    if own:
+        return job_exit_code(infos)
+    from suanli.jobs.state import JobState
+
+    return 0 if all(i.state is JobState.COMPLETED for i in infos) else 1
 
 
 def job_exit_code(infos: list[JobInfo]) -> int:
@@ -205,10 +230,10 @@ def _status_table(infos: list[JobInfo], per_task: bool) -> str:
         groups.setdefault(i.id, []).append(i)
     for group in groups.values():
         entries = group if per_task and len(group) > 1 else [_combined(group)]
+        ended = sum(1 for g in group if g.state.is_terminal)  # once per job: per row it made status quadratic
         for e in entries:
             tasks = ""
             if group[0].array_task is not None:
-                ended = sum(1 for g in group if g.state.is_terminal)
                 tasks = f"{ended}/{len(group)}" if e.array_task is None else str(e.array_task)
             rows.append([e.task_id, short(e.name), e.cluster, e.partition, e.state.value, short(e.reason, 28), tasks,
                          e.restarts or "", local_time(e.submitted_at), duration(e.elapsed),
@@ -248,32 +273,68 @@ def _print_logs(client: Client, job_id: str, task: int | None, stream: str) -> N
 
 
 def _follow(client: Client, job_id: str, task: int | None, stream: str = "both", to_stderr: bool = False) -> None:
+    """Print a job's output as it is written until the job ends; an array's tasks all at once, each line
+    prefixed with ``[TASK] ``."""
     from suanli.api import follow_files
 
-    out, err = client.log_paths(job_id, task)
-    paths = [p for p, s in ((out, "stdout"), (err, "stderr")) if stream in ("both", s)]
-    sinks = [sys.stdout if p == out and not to_stderr else sys.stderr for p in paths]
+    tasks: list[int | None] = [task]
+    if task is None:
+        found = [t[0] for t in client.store.tasks([job_id])[job_id]]
+        if found and found != [-1]:
+            tasks = list(found)
+    paths: list[Path] = []
+    sinks: list[Any] = []
+    prefixes: list[str] = []
+    for t in tasks:
+        out, err = client.log_paths(job_id, t)
+        for p, s in ((out, "stdout"), (err, "stderr")):
+            if stream in ("both", s):
+                paths.append(p)
+                sinks.append(sys.stdout if s == "stdout" and not to_stderr else sys.stderr)
+                prefixes.append("" if t is None or len(tasks) == 1 and task is not None else f"[{t}] ")
 
     def finished() -> bool:
         infos = client.infos(job_id)
         return all(i.state.is_terminal for i in infos if task is None or i.array_task == task)
 
     for index, line in follow_files(paths, finished):
-        sinks[index].write(line)
+        sinks[index].write(prefixes[index] + line)
         sinks[index].flush()
 
 
 # ---------------------------------------------------------------- cancel / wait
 def cmd_cancel(args: argparse.Namespace) -> int:
+    """Cancel what still runs; a job that had already ended is said to have ended (exit 0 all the same)."""
     client = _client(args)
+    from suanli.jobs.state import JobState
+
     targets = _resolve(client, args.jobs)
-    client.cancel_many(targets)
+    rows = list({r.id: r for r, _ in targets}.values())
+    # A row left "Submitting" by a dead submitter is settled first, as cancelled when the scheduler never got it,
+    # so the cancel is what ends it (and it is not reported as a job that had already ended).
+    settled = set(client.reconcile_unsubmitted(rows, lost=JobState.CANCELLED))
+    if settled:
+        rows = client.store.query(ids=[r.id for r in rows])
+    infos = client.list_infos(rows)
+    ended: dict[str, str] = {}
+    live: list[tuple[JobRow, int | None]] = []
+    for r, t in targets:
+        mine = [i for i in infos if i.id == r.id and (t is None or i.array_task == t)]
+        key = r.id if t is None else f"{r.id}_{t}"
+        if r.id in settled and r.id not in {x.id for x in rows if x.native_id}:
+            continue  # ended CANCELLED just now, by this cancel
+        if mine and all(i.state.is_terminal for i in mine):
+            ended[key] = _combined(mine).state.value
+        else:
+            live.append((r, t))
+    client.cancel_many(live)
     ids = [r.id if t is None else f"{r.id}_{t}" for r, t in targets]
     if args.json:
-        print_json([{"id": i, "cancel_requested": True} for i in ids])
+        print_json([{"id": i, "cancel_requested": i not in ended, "already_ended": ended.get(i)} for i in ids])
     else:
         for i in ids:
-            print(f"cancel requested for job {i}", file=sys.stderr)
+            msg = f"job {i} had already ended ({ended[i]})" if i in ended else f"cancel requested for job {i}"
+            print(msg, file=sys.stderr)
     return 0
 
 

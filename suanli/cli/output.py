@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 import time
 from collections.abc import Sequence
@@ -15,8 +16,28 @@ def print_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=indent, default=str) + "\n")
 
 
+#: C0/C1 controls (ESC starts terminal escape sequences), DEL, and the bidi/zero-width marks that can make
+#: a cell look like something else: a job name or account can carry any of them.
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u200b-\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+
+def clean(text: str) -> str:
+    """Text safe to print on a terminal: line breaks and tabs become spaces, other controls ``?``."""
+    return _UNSAFE.sub(lambda m: " " if m.group() in "\n\r\t" else "?", text)
+
+
+def csv_cell(value: object) -> object:
+    """A CSV value a spreadsheet will not run: text starting with = + - @ (or tab, CR) gets a leading ``'``
+    (OWASP's advice); numbers stay numbers, so -1.5 is still a number."""
+    if value is None:
+        return ""
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        return "'" + value
+    return value
+
+
 def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    cells = [[("" if c is None else str(c)).replace("\n", " ") for c in r] for r in rows]
+    cells = [[clean("" if c is None else str(c)) for c in r] for r in rows]
     widths = [len(h) for h in headers]
     for r in cells:
         for i, c in enumerate(r):
@@ -46,5 +67,5 @@ def local_time(ts: float | None) -> str:
 def short(text: str | None, width: int = 24) -> str:
     if not text:
         return ""
-    text = text.replace("\n", " ")
+    text = clean(text)
     return text if len(text) <= width else text[: width - 1] + "…"

@@ -128,6 +128,9 @@ class NativeStatus:
     ended_at: float | None = None
     restarts: int = 0
     native_id: str | None = None
+    #: Earlier attempts of a requeued task, each {"started_at", "ended_at", "state", "exit_code"} (each is
+    #: booked as its own usage record); backends that do not keep them leave it empty.
+    attempts: tuple[dict[str, Any], ...] = ()
 
 
 class Backend(ABC):
@@ -156,6 +159,16 @@ class Backend(ABC):
     @abstractmethod
     def cancel(self, refs: Sequence[JobRef]) -> None:
         """Stop the jobs (or the named array tasks)."""
+
+    def find_submitted(self, ref: JobRef, submitted_at: float) -> str | None:
+        """The native id of a job whose submitter died after handing it over but before recording the id, or
+        None when the scheduler never got it (the job then ends FAILED SubmitLost). Raise BackendError when the
+        scheduler cannot tell yet; the question is asked again on the next status."""
+        return None
+
+    def array_cap(self) -> int | None:
+        """The most tasks one array may have here when the cluster config sets no ``max_array_size``."""
+        return None
 
     def log_paths(self, ref: JobRef, task: int | None) -> tuple[Path, Path]:
         """stdout and stderr files of one task."""

@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 from suanli.adapters import adapter_names, is_adapter
 from suanli.errors import ConfigError, UsageError
 from suanli.jobs.resources import parse_memory, parse_time
+from suanli.jobs.spec import MAX_ARRAY_TASKS
 from suanli.yamlsrc import Path_, Source, load_yaml
 
 log = logging.getLogger("suanli")
@@ -25,7 +26,13 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 CLUSTER_KEYS = (
     "name", "backend", "description", "default_partition", "default_account", "setup", "partitions", "slurm", "ray",
+    "max_array_size",
 )
+#: The most array tasks one submission may have, up to ``max_array_size`` in a cluster's config. Bigger arrays
+#: are refused at submission (exit 2): their registry rows, state and bookings grow with the task count.
+DEFAULT_MAX_ARRAY_SIZE = 100_000
+#: No cluster config can allow more tasks than this (an array index list of this size already takes ~1 GB).
+HARD_MAX_ARRAY_SIZE = MAX_ARRAY_TASKS
 PARTITION_KEYS = (
     "name", "adapter", "nodes", "cpus_per_node", "accelerators_per_node", "memory_per_node", "numa_nodes",
     "default_time", "max_time", "qos", "constraint", "mpi_launcher", "setup", "charge",
@@ -99,6 +106,8 @@ class ClusterConfig:
     slurm: Mapping[str, Any] = field(default_factory=dict)
     ray: Mapping[str, Any] = field(default_factory=dict)
     source: str = "<built-in>"
+    #: The most tasks of one array job; None: the backend's default (see ``Client.array_cap``).
+    max_array_size: int | None = None
 
     def partition(self, name: str | None) -> PartitionConfig:
         """The named partition, or the default one; an unknown name lists the valid ones."""
@@ -117,6 +126,7 @@ class ClusterConfig:
             "default_partition": self.default_partition or self.partitions[0].name,
             "default_account": self.default_account,
             "source": self.source,
+            "max_array_size": self.max_array_size,
             "partitions": [p.to_json() for p in self.partitions],
         }
 
@@ -275,7 +285,18 @@ def parse_cluster(src: Source) -> ClusterConfig:
         slurm=sections["slurm"],
         ray=sections["ray"],
         source=src.file,
+        max_array_size=_get(src, data, (), "max_array_size", _array_cap(src), None),
     )
+
+
+def _array_cap(src: Source) -> Callable[[Any, Path_], int | None]:
+    def check(v: Any, p: Path_) -> int | None:
+        n = _int(src, 1)(v, p)
+        if n > HARD_MAX_ARRAY_SIZE:
+            src.fail(p, f"{n} is more than suanli's limit of {HARD_MAX_ARRAY_SIZE} array tasks")
+        return n
+
+    return check
 
 
 def _partition(src: Source, raw: Any, path: Path_) -> PartitionConfig:

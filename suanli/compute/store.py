@@ -6,6 +6,7 @@ is written here. WAL mode plus a busy timeout make concurrent writers wait inste
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import sqlite3
@@ -21,7 +22,7 @@ from suanli.errors import SuanliError, UsageError
 from suanli.jobs.record import JobInfo
 from suanli.jobs.state import JobState
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _MIGRATIONS = {
     1: """
     CREATE TABLE jobs (
@@ -54,6 +55,11 @@ _MIGRATIONS = {
         native_id TEXT,
         PRIMARY KEY (job_id, task)
     ) WITHOUT ROWID;
+    """,
+    # Earlier attempts of requeued tasks (JSON list), so each attempt is booked as its own usage record.
+    2: """
+    ALTER TABLE tasks ADD COLUMN attempts TEXT;
+    CREATE INDEX jobs_unsubmitted ON jobs (done, native_id);
     """,
 }
 NO_TASK = -1  # the task column of a job that is not an array
@@ -91,6 +97,7 @@ class TaskUpdate:
     ended_at: float | None = None
     exit_code: int | None = None
     native_id: str | None = None
+    attempts: tuple[dict[str, Any], ...] = ()
 
 
 _JOB_COLS = "id, name, cluster, backend, native_id, kind, partition, account, user, submitted_at, job_dir, meta, done"
@@ -109,26 +116,68 @@ class Store:
         with self._lock:
             return self._connect_locked()
 
-    def _connect_locked(self) -> sqlite3.Connection:
+    def _connect_locked(self, for_write: bool = False) -> sqlite3.Connection:
+        """The registry connection. Reads never create SUANLI_HOME: a missing registry reads as an empty one
+        (not kept, so a later write creates the real file); a home this process cannot write is read from an
+        in-memory copy, so status/logs work on a read-only file system and whatever they refresh is dropped."""
         if self._conn is not None:
             return self._conn
+        from suanli.errors import registry_error
+
         try:
+            if not self.path.exists() and not for_write:
+                return self._empty_registry()
+            if self.path.exists() and not (os.access(self.root, os.W_OK) and os.access(self.path, os.W_OK)):
+                self._conn = self._read_only_copy()
+                return self._conn
             self.root.mkdir(parents=True, exist_ok=True)
             conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None, check_same_thread=False)
             conn.execute("PRAGMA busy_timeout = 30000")
             # WAL + NORMAL: a commit is atomic and survives a crash of any process, without an fsync per
             # commit (which cost ~3 ms of every submission); only a power cut may lose the last commits.
             conn.execute("PRAGMA synchronous = NORMAL")
-            version = conn.execute("PRAGMA user_version").fetchone()[0]
-            if version < SCHEMA_VERSION:
-                self._migrate(conn)
-            elif version > SCHEMA_VERSION:
-                raise SuanliError(f"{self.path}: written by a newer suanli (schema {version}); upgrade suanli")
+            self._check_version(conn)
         except sqlite3.DatabaseError as exc:
-            raise SuanliError(f"{self.path}: cannot open the job registry: {exc}") from None
+            raise registry_error(self.path, exc) from None
         except OSError as exc:
+            if exc.errno == errno.EROFS:
+                raise UsageError(f"{self.root}: read-only file system: cannot create the job registry; set "
+                                 "SUANLI_HOME to a writable folder") from None
             raise SuanliError(f"{self.root}: cannot create SUANLI_HOME: {exc.strerror}") from None
         self._conn = conn
+        return conn
+
+    def _check_version(self, conn: sqlite3.Connection) -> None:
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version < SCHEMA_VERSION:
+            self._migrate(conn)
+        elif version > SCHEMA_VERSION:
+            raise UsageError(f"{self.path}: written by a newer suanli (schema {version}); upgrade suanli")
+
+    def _empty_registry(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
+        self._migrate(conn)
+        return conn
+
+    def _read_only_copy(self) -> sqlite3.Connection:
+        from urllib.parse import quote
+
+        uri = f"file:{quote(str(self.path))}?mode=ro"
+        try:
+            src = sqlite3.connect(uri, uri=True, timeout=30.0, check_same_thread=False)
+            src.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()
+        except sqlite3.OperationalError:
+            # A WAL database without its -shm file on a read-only file system: nobody can be writing it.
+            src = sqlite3.connect(uri + "&immutable=1", uri=True, check_same_thread=False)
+        conn = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
+        try:
+            src.backup(conn)
+        finally:
+            src.close()
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version != SCHEMA_VERSION:
+            raise UsageError(f"{self.path}: read-only file system and schema {version}, not {SCHEMA_VERSION}; "
+                             "open it once with a writable SUANLI_HOME of this suanli version")
         return conn
 
     def _migrate(self, conn: sqlite3.Connection) -> None:
@@ -150,7 +199,7 @@ class Store:
     def _write(self) -> Iterator[sqlite3.Connection]:
         # One connection per Store, shared by threads: the lock keeps their transactions apart.
         with self._lock:
-            conn = self._connect()
+            conn = self._connect_locked(for_write=True)
             conn.execute("BEGIN IMMEDIATE")
             try:
                 yield conn
@@ -198,9 +247,10 @@ class Store:
             # A final state is never overwritten: a slower poller's older answer must not revive a task.
             c.executemany(
                 "UPDATE tasks SET state = ?, reason = ?, restarts = ?, started_at = COALESCE(?, started_at), "
-                "ended_at = ?, exit_code = ?, native_id = COALESCE(?, native_id) WHERE job_id = ? AND task = ? "
-                f"AND state NOT IN ({marks})",
+                "ended_at = ?, exit_code = ?, native_id = COALESCE(?, native_id), attempts = COALESCE(?, attempts) "
+                f"WHERE job_id = ? AND task = ? AND state NOT IN ({marks})",
                 [(u.state.value, u.reason, u.restarts, u.started_at, u.ended_at, u.exit_code, u.native_id,
+                  json.dumps(list(u.attempts)) if u.attempts else None,
                   u.job_id, NO_TASK if u.task is None else u.task, *terminal) for u in updates],
             )
             job_ids = sorted({u.job_id for u in updates})
@@ -211,7 +261,34 @@ class Store:
                     (jid, jid, *terminal),
                 )
 
+    def end_unsubmitted(self, job_id: str, state: JobState, reason: str) -> None:
+        """End every open task of a job that never reached its backend (its submitter died first)."""
+        terminal = tuple(s.value for s in JobState if s.is_terminal)
+        marks = ",".join("?" * len(terminal))
+        with self._write() as c:
+            c.execute(f"UPDATE tasks SET state = ?, reason = ?, ended_at = ? WHERE job_id = ? "
+                      f"AND state NOT IN ({marks})", (state.value, reason, time.time(), job_id, *terminal))
+            c.execute("UPDATE jobs SET done = 1 WHERE id = ?", (job_id,))
+
     # ------------------------------------------------------------ reads
+    def unsubmitted(self) -> list[JobRow]:
+        """Open jobs with no native id yet: being submitted now, or left behind by a submitter that died."""
+        rows = self._connect().execute(
+            f"SELECT {_JOB_COLS} FROM jobs WHERE done = 0 AND native_id IS NULL ORDER BY submitted_at, id").fetchall()
+        return [_job(r) for r in rows]
+
+    def attempts(self, job_ids: Sequence[str]) -> dict[tuple[str, int], list[dict[str, Any]]]:
+        """Earlier attempts of requeued tasks, by (job, task); tasks never requeued are absent."""
+        out: dict[tuple[str, int], list[dict[str, Any]]] = {}
+        conn = self._connect()
+        for start in range(0, len(job_ids), 500):
+            chunk = job_ids[start:start + 500]
+            for job_id, task, text in conn.execute(
+                    f"SELECT job_id, task, attempts FROM tasks WHERE job_id IN ({','.join('?' * len(chunk))}) "
+                    "AND attempts IS NOT NULL", chunk):
+                out[(job_id, task)] = json.loads(text)
+        return out
+
     def get(self, job_id: str) -> JobRow | None:
         row = self._connect().execute(f"SELECT {_JOB_COLS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
         return _job(row) if row else None
@@ -221,8 +298,11 @@ class Store:
         conn = self._connect()
         ident, task = text, None
         base, sep, tail = text.rpartition("_")
-        if sep and tail.isdigit():
+        if sep and tail.isascii() and tail.isdigit():
             ident, task = base, int(tail)
+            if task > 2**31:
+                raise UsageError(f"job: {text!r}: array task {tail} is out of range (Slurm indices stay below "
+                                 "4 million)")
         row = conn.execute(f"SELECT {_JOB_COLS} FROM jobs WHERE id = ?", (ident,)).fetchone()
         if row is None:
             rows = conn.execute(f"SELECT {_JOB_COLS} FROM jobs WHERE native_id = ?", (ident,)).fetchall()

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Protocol, runtime_checkable
 
 from suanli.errors import UsageError
 
@@ -153,6 +155,13 @@ def _positive_int(value: object, field: str, minimum: int = 1) -> int:
     return value
 
 
+@runtime_checkable
+class RankedWorkload(Protocol):
+    """A workload that starts several processes per node (Training, MPI), whatever tasks_per_node says."""
+
+    def procs_per_node(self, resources: Resources) -> int: ...
+
+
 @dataclass(frozen=True)
 class Resources:
     """What a job asks for, per node, in scheduler-neutral terms.
@@ -205,6 +214,16 @@ class Resources:
     @property
     def cpus_per_node(self) -> int:
         return self.tasks_per_node * self.cpus_per_task
+
+    def for_workload(self, workload: object) -> Resources:
+        """What the job will hold on each node: ``tasks_per_node`` raised to the ranks a Training
+        (``nproc_per_node``) or MPI (``ranks``, ``ranks_per_node``) workload starts there, each rank a task of
+        ``cpus_per_task`` CPUs. ``Client.prepare`` applies it once, so the fit check, the worst-case estimate,
+        the reservation, the sbatch request and the registry's booking all count every process."""
+        if not isinstance(workload, RankedWorkload):
+            return self
+        procs = workload.procs_per_node(self)
+        return self if procs <= self.tasks_per_node else dataclasses.replace(self, tasks_per_node=procs)
 
     def to_dict(self) -> dict[str, object]:
         """JSON-ready form (time in seconds) for the registry and plans."""

@@ -11,6 +11,8 @@ from suanli.errors import UsageError
 from suanli.jobs.resources import Resources
 
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+#: What Slurm's sacctmgr accepts in an account name (it lowercases, and refuses control and quoting characters).
+_ACCOUNT = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,63}$")
 
 
 def _argv(value: Sequence[str] | str, field_name: str) -> tuple[str, ...]:
@@ -19,6 +21,8 @@ def _argv(value: Sequence[str] | str, field_name: str) -> tuple[str, ...]:
             f"{field_name}: give an argv list such as ['python', 'sim.py'], not the string {value!r} "
             "(a string would need a shell to split it)"
         )
+    if not isinstance(value, list | tuple):
+        raise UsageError(f"{field_name}: {value!r} is not an argv list; give one such as ['python', 'sim.py']")
     argv = tuple(value)
     if not argv:
         raise UsageError(f"{field_name}: the command is empty; give the program and its arguments")
@@ -131,6 +135,10 @@ class MPI:
         per_node = self.ranks_per_node or resources.tasks_per_node
         return per_node * resources.nodes
 
+    def procs_per_node(self, resources: Resources) -> int:
+        """Ranks started on the busiest node (what the allocation must hold there)."""
+        return self.ranks_per_node or max(1, -(-self.total_ranks(resources) // resources.nodes))
+
 
 Workload = Command | Function | Map | Training | MPI
 
@@ -149,6 +157,10 @@ def compact_ranges(values: Sequence[int]) -> str:
 
 
 _ARRAY_PART = re.compile(r"^(\d+)(?:-(\d+)(?::(\d+))?)?$")
+#: Hard ceilings of any array, whatever the cluster allows (each cluster has its own, lower, ``max_array_size``):
+#: they keep a typo such as 0-100000000 from allocating gigabytes before the cluster's cap is even looked at.
+MAX_ARRAY_TASKS = 10_000_000
+MAX_ARRAY_INDEX = 2**31 - 1
 
 
 @dataclass(frozen=True)
@@ -159,11 +171,18 @@ class Array:
     max_concurrent: int | None = None
 
     def __post_init__(self) -> None:
-        idx = tuple(sorted(set(self.indices)))
+        idx = tuple(self.indices)
+        if len(idx) > MAX_ARRAY_TASKS:
+            raise UsageError(f"array: {len(idx)} tasks is more than suanli's limit of {MAX_ARRAY_TASKS}; "
+                             "split the work into fewer, larger tasks")
+        if any(b <= a for a, b in zip(idx, idx[1:], strict=False)):  # already sorted and unique: most arrays
+            idx = tuple(sorted(set(idx)))
         if not idx:
             raise UsageError("array: no task indices")
         if idx[0] < 0:
             raise UsageError(f"array: index {idx[0]} is negative")
+        if idx[-1] > MAX_ARRAY_INDEX:
+            raise UsageError(f"array: index {idx[-1]} is larger than {MAX_ARRAY_INDEX}; use smaller indices")
         object.__setattr__(self, "indices", idx)
         if self.max_concurrent is not None and self.max_concurrent < 1:
             raise UsageError(f"array: concurrency limit {self.max_concurrent} must be at least 1")
@@ -174,6 +193,12 @@ class Array:
         if isinstance(value, Array):
             return value
         if isinstance(value, range):
+            try:
+                n = len(value)
+            except OverflowError:
+                n = MAX_ARRAY_TASKS + 1
+            if n > MAX_ARRAY_TASKS:
+                raise UsageError(f"array: {value!r} has more than suanli's limit of {MAX_ARRAY_TASKS} tasks")
             return cls(tuple(value))
         if not isinstance(value, str):
             items = list(value)
@@ -187,18 +212,30 @@ class Array:
             if not lim.isdigit():
                 raise UsageError(f"array: {value!r}: the part after % must be a number, as in 0-99%10")
             limit = int(lim)
-        indices: list[int] = []
+        ranges: list[range] = []
+        count = 0
         for part in text.split(","):
             m = _ARRAY_PART.match(part.strip())
             if not m:
                 raise UsageError(f"array: {value!r} is not an array spec; use 0-99, 0-99%10, 1,3,5 or 0-20:5")
+            if any(len(g) > 12 for g in m.groups() if g):
+                raise UsageError(f"array: {part!r} in {value!r} holds a number above {MAX_ARRAY_INDEX}; "
+                                 "use smaller indices")
             lo = int(m.group(1))
             hi = int(m.group(2)) if m.group(2) else lo
             step = int(m.group(3)) if m.group(3) else 1
             if hi < lo or step < 1:
                 raise UsageError(f"array: {part!r} in {value!r} is an empty range")
-            indices.extend(range(lo, hi + 1, step))
-        return cls(tuple(indices), limit)
+            if hi > MAX_ARRAY_INDEX:
+                raise UsageError(f"array: index {hi} in {value!r} is larger than {MAX_ARRAY_INDEX}; "
+                                 "use smaller indices")
+            # Counted before anything is built: an absurd range is refused without allocating it.
+            count += (hi - lo) // step + 1
+            if count > MAX_ARRAY_TASKS:
+                raise UsageError(f"array: {value!r} has more than suanli's limit of {MAX_ARRAY_TASKS} tasks; "
+                                 "split the work into fewer, larger tasks")
+            ranges.append(range(lo, hi + 1, step))
+        return cls(tuple(i for r in ranges for i in r), limit)
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -271,23 +308,16 @@ class JobSpec:
             raise UsageError(f"workload: {self.workload!r} is not a Command, Function, Map, Training or MPI")
         if not isinstance(self.resources, Resources):
             raise UsageError(f"resources: {self.resources!r} is not a suanli.Resources")
-        env = dict(self.env)
-        for k, v in env.items():
-            if not isinstance(k, str) or not _ENV_NAME.match(k):
-                raise UsageError(f"env: {k!r} is not a valid variable name (letters, digits, _; not first a digit)")
-            if not isinstance(v, str):
-                env[k] = str(v)
-            if "\x00" in env[k]:
-                raise UsageError(f"env: the value of {k} holds a NUL byte")
-        object.__setattr__(self, "env", env)
+        self._check_env()
         if isinstance(self.setup, str):
             object.__setattr__(self, "setup", (self.setup,))
+        if not isinstance(self.setup, list | tuple):
+            raise UsageError(f"setup: {self.setup!r} is not a line of shell or a list of lines")
         object.__setattr__(self, "setup", tuple(self.setup))
         for line in self.setup:
             if not isinstance(line, str):
                 raise UsageError(f"setup: {line!r} is not a line of shell")
-        if self.name is not None and not isinstance(self.name, str):
-            raise UsageError(f"name: {self.name!r} is not a string")
+        self._check_strings()
         if self.array is not None and not isinstance(self.array, Array):
             object.__setattr__(self, "array", Array.parse(self.array))
         if isinstance(self.workload, Map):
@@ -299,6 +329,35 @@ class JobSpec:
         object.__setattr__(self, "dependencies", tuple(Dependency.parse(d) for d in self.dependencies))
         if isinstance(self.max_restarts, bool) or not isinstance(self.max_restarts, int) or self.max_restarts < 0:
             raise UsageError(f"requeue: {self.max_restarts!r} must be a whole number >= 0 (the maximum restarts)")
+
+    def _check_env(self) -> None:
+        if not isinstance(self.env, Mapping):
+            raise UsageError(f"env: {self.env!r} is not a mapping of NAME: value")
+        env = dict(self.env)
+        for k, v in env.items():
+            if not isinstance(k, str) or not _ENV_NAME.match(k):
+                raise UsageError(f"env: {k!r} is not a valid variable name (letters, digits, _; not first a digit)")
+            if isinstance(v, bool) or not isinstance(v, str | int | float):
+                raise UsageError(f"env: the value of {k} is {v!r}; give a string")
+            env[k] = str(v)
+            if "\x00" in env[k]:
+                raise UsageError(f"env: the value of {k} holds a NUL byte")
+        object.__setattr__(self, "env", env)
+
+    def _check_strings(self) -> None:
+        import os
+
+        if isinstance(self.workdir, os.PathLike):
+            object.__setattr__(self, "workdir", os.fspath(self.workdir))
+        for key in ("name", "workdir", "cluster", "partition", "account", "qos", "constraint"):
+            value = getattr(self, key)
+            if value is not None and not isinstance(value, str):
+                raise UsageError(f"{key}: {value!r} is not a string")
+            if value is not None and "\x00" in value:
+                raise UsageError(f"{key}: {value!r} holds a NUL byte")
+        if self.account is not None and not _ACCOUNT.match(self.account):
+            raise UsageError(f"account: {self.account!r} is not an account name (letters, digits, _ . -; at most "
+                             "64, as Slurm accepts)")
 
     @property
     def display_name(self) -> str:

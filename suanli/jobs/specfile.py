@@ -7,7 +7,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from suanli.errors import UsageError
+from suanli.errors import ConfigError, UsageError
 from suanli.jobs.resources import Resources
 from suanli.jobs.spec import MPI, Array, Command, Dependency, Function, JobSpec, Training, Workload
 from suanli.yamlsrc import Source, load_yaml
@@ -17,6 +17,7 @@ SPEC_KEYS = (
     "name", "cluster", "partition", "account", "qos", "constraint", "resources", "env", "setup", "workdir",
     "array", "after", "requeue", *WORKLOAD_KEYS,
 )
+# (a map workload comes from Python only: its items are Python objects, not YAML)
 RESOURCE_KEYS = ("nodes", "tasks_per_node", "cpus_per_task", "memory", "accelerators", "time")
 
 
@@ -33,6 +34,8 @@ def _guard(src: Source, path: tuple[str | int, ...], make: Any) -> Any:
     """Run a constructor; its UsageError gets the file, line and key path."""
     try:
         return make()
+    except ConfigError:
+        raise  # already names the file and line
     except UsageError as exc:
         msg = str(exc)
         m = re.match(r"^([\w.]+): ", msg)
@@ -54,39 +57,97 @@ def parse_spec(src: Source) -> JobSpec:
     if "time" in res_data:
         res_data["time"] = src.text(("resources", "time"), res_data["time"])
     resources = _guard(src, ("resources",), lambda: Resources(**res_data))
-    after = data.get("after") or []
-    if isinstance(after, str):
-        after = [after]
-    env = data.get("env") or {}
-    if not isinstance(env, Mapping):
-        src.fail(("env",), "expected a mapping of NAME: value")
-    setup = data.get("setup") or ()
-    if isinstance(setup, str):
-        setup = (setup,)
-    for k in ("name", "cluster", "partition", "account", "qos", "constraint", "workdir"):
-        if k in data and data[k] is not None and not isinstance(data[k], str | int):
-            src.fail((k,), f"{data[k]!r} is not a string")
+    strings = {k: _scalar(src, k, data.get(k), numbers=k != "workdir")
+               for k in ("name", "cluster", "partition", "account", "qos", "constraint", "workdir")}
+    array = data.get("array")
+    if array is not None:
+        array = _guard(src, ("array",), lambda: Array.parse(_array_value(src, array)))
+    after = [_guard(src, ("after",) if i is None else ("after", i), lambda a=a: Dependency.parse(a))
+             for i, a in _after(src, data.get("after"))]
     spec: JobSpec = _guard(src, (), lambda: JobSpec(
         workload=workload,
-        name=_opt_str(data.get("name")),
         resources=resources,
-        env={str(k): "" if v is None else str(src.text(("env", k), v)) for k, v in env.items()},
-        setup=tuple(setup),
-        workdir=_opt_str(data.get("workdir")),
-        cluster=_opt_str(data.get("cluster")),
-        partition=_opt_str(data.get("partition")),
-        account=_opt_str(data.get("account")),
-        qos=_opt_str(data.get("qos")),
-        constraint=_opt_str(data.get("constraint")),
-        array=None if data.get("array") is None else Array.parse(str(data["array"])),
-        dependencies=tuple(Dependency.parse(str(a)) for a in after),
-        max_restarts=int(data.get("requeue") or 0),
+        env=_env(src, data.get("env")),
+        setup=_setup(src, data.get("setup")),
+        array=array,
+        dependencies=tuple(after),
+        max_restarts=_requeue(src, data.get("requeue")),
+        **strings,
     ))
     return spec
 
 
-def _opt_str(v: Any) -> str | None:
-    return None if v is None else str(v)
+def _scalar(src: Source, key: str, value: Any, numbers: bool = True) -> str | None:
+    """A string field; a number counts only where names may be numeric, and then as written (``name: 0755``)."""
+    if value is None or isinstance(value, str):
+        return value
+    if numbers and isinstance(value, int) and not isinstance(value, bool):
+        return str(src.text((key,), value))
+    src.fail((key,), f"{value!r} is not a string; quote it ('{value}')" if not isinstance(value, list | dict)
+             else f"expected a string, got a {type(value).__name__}")
+
+
+def _array_value(src: Source, value: Any) -> Any:
+    if isinstance(value, bool) or not isinstance(value, str | int | list):
+        src.fail(("array",), f"{value!r} is not an array spec; use 0-99, 0-99%10, 1,3,5 or a list of indices")
+    return str(value) if isinstance(value, int) else value
+
+
+def _after(src: Source, value: Any) -> list[tuple[int | None, str]]:
+    """Job ids as written: ``after: 12345`` is a native id, ``after: [a1b2c3d4, afterany:x9y8z7w6]``."""
+    if value is None:
+        return []
+    items = value if isinstance(value, list) else [value]
+    out: list[tuple[int | None, str]] = []
+    for i, item in enumerate(items):
+        at = i if isinstance(value, list) else None
+        path: tuple[str | int, ...] = ("after",) if at is None else ("after", at)
+        if isinstance(item, bool) or not isinstance(item, str | int):
+            src.fail(path, f"{item!r} is not a job id; give JOB, afterok:JOB or afterany:JOB")
+        out.append((at, str(src.text(path, item))))
+    return out
+
+
+def _env(src: Source, value: Any) -> dict[str, str]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        src.fail(("env",), "expected a mapping of NAME: value")
+    env: dict[str, str] = {}
+    for k, v in value.items():
+        if isinstance(v, list | dict):
+            src.fail(("env", k), f"the value of {k} is a {type(v).__name__}; give a string")
+        env[str(k)] = "" if v is None else str(src.text(("env", k), v))
+    return env
+
+
+def _setup(src: Source, value: Any) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        return (value,)
+    if not isinstance(value, list):
+        src.fail(("setup",), f"expected a line of shell or a list of lines, got a {type(value).__name__}")
+    for i, line in enumerate(value):
+        if not isinstance(line, str):
+            src.fail(("setup", i), f"{line!r} is not a line of shell; quote it")
+    return tuple(value)
+
+
+def _requeue(src: Source, value: Any) -> int:
+    if value is None:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        src.fail(("requeue",), f"{value!r} must be a whole number >= 0 (the maximum restarts)")
+    return value
+
+
+def _list(src: Source, path: tuple[str | int, ...], value: Any) -> list[Any]:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        src.fail(path, f"expected a list, got {type(value).__name__} {value!r}")
+    return value
 
 
 def _workload(src: Source, key: str, value: Any) -> Workload:
@@ -99,6 +160,10 @@ def _workload(src: Source, key: str, value: Any) -> Workload:
         return MPI(src.text_list(("mpi", "argv")) or v.get("argv") or [], v.get("ranks"), v.get("ranks_per_node"))
     if key == "training":
         v = _check_keys(src, value, ("training",), ("script", "module", "args", "nproc_per_node"))
+        for k in ("script", "module"):
+            if v.get(k) is not None and not isinstance(v[k], str):
+                src.fail(("training", k), f"{v[k]!r} is not a string")
+        _list(src, ("training", "args"), v.get("args"))
         args = src.text_list(("training", "args")) or v.get("args") or ()
         return Training(script=v.get("script"), module=v.get("module"), args=tuple(args),
                         nproc_per_node=v.get("nproc_per_node"))
@@ -106,6 +171,10 @@ def _workload(src: Source, key: str, value: Any) -> Workload:
     target = v.get("call")
     if not isinstance(target, str) or ":" not in target:
         src.fail(("function", "call"), f"{target!r} is not a reference; use 'package.module:function'")
+    fn_args = _list(src, ("function", "args"), v.get("args"))
+    kwargs = v.get("kwargs") or {}
+    if not isinstance(kwargs, Mapping) or not all(isinstance(k, str) for k in kwargs):
+        src.fail(("function", "kwargs"), f"expected a mapping of name: value, got {kwargs!r}")
     module, _, attr = target.partition(":")
     try:
         fn = importlib.import_module(module)
@@ -113,4 +182,4 @@ def _workload(src: Source, key: str, value: Any) -> Workload:
             fn = getattr(fn, part)
     except (ImportError, AttributeError) as exc:
         src.fail(("function", "call"), f"cannot import {target!r}: {exc}")
-    return Function(fn, tuple(v.get("args") or ()), dict(v.get("kwargs") or {}))  # type: ignore[arg-type]
+    return Function(fn, tuple(fn_args), dict(kwargs))  # type: ignore[arg-type]

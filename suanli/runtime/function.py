@@ -77,12 +77,17 @@ def _checkpoint(job_dir: Path, task: str | None, fn: Any, args: tuple[Any, ...],
     sys.stderr.write(f"suanli: checkpointed and requeued job {job}\n")
     return True
 
+
 def failure(exc: BaseException) -> bytes:
-    """The outcome of a call that raised: the exception (when it pickles) and its traceback, also on stderr."""
+    """The outcome of a call that raised: the exception (when it pickles) and its traceback, also on stderr.
+    SystemExit and KeyboardInterrupt are kept as text only: re-raised in the submitter they would end it, where
+    they are one task's failure (the submitter raises JobFailedError naming the task)."""
     import cloudpickle
 
     tb = traceback.format_exc()
     sys.stderr.write(tb)
+    if not isinstance(exc, Exception):
+        return bytes(cloudpickle.dumps(("error", None, tb, repr(exc))))
     try:
         return bytes(cloudpickle.dumps(("error", exc, tb, repr(exc))))
     except Exception:

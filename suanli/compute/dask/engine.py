@@ -3,7 +3,8 @@
 dask-jobqueue's ``SLURMCluster`` submits each worker as an ordinary Slurm job (a pilot); the Dask scheduler
 runs in this process and hands the tasks to whichever worker is free. Every pilot job is recorded in the suanli
 registry (backend ``slurm``, kind ``dask-worker``) like any other Slurm job, so ``suanli status`` and
-accounting see it, and its final state lands there once the sweep is over.
+accounting see it. The sweep returns as soon as the last result is in hand: the pilots are scancelled (they end
+CANCELLED), and their final states and usage are recorded by a daemon thread or by the next ``suanli status``.
 
 Scheduler options never become ``#SBATCH`` lines: dask-jobqueue's header is dropped and every option goes on
 the sbatch command line (run without a shell), the same rule the Slurm backend follows. dask, distributed and
@@ -12,6 +13,7 @@ dask-jobqueue are imported inside the functions, never at module level.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import secrets
@@ -50,6 +52,10 @@ ENGINE_OPTIONS = ("interface", "stall_timeout")
 #: With no worker connected and every pilot job ended this long, the sweep gives up (the pilots cannot start).
 RESULT_TIMEOUT_S = 300.0  # to fetch one finished item's value from its worker
 STALL_TIMEOUT_S = 60.0
+#: Memory per core of a pilot that asks for none, where the partition's config does not say its memory.
+DEFAULT_MEMORY_PER_CORE_MB = 1024
+#: How long a background thread keeps refreshing the cancelled pilots' rows after the sweep has returned.
+SETTLE_AFTER_S = 60.0
 _ID_ALPHABET = "abcdefghjkmnpqrstuvwxyz23456789"
 _ADDR = re.compile(r"NodeAddr=(\S+)", re.I)
 _NODE = re.compile(r"^\s*NodeName=(\S+)", re.I | re.M)
@@ -192,12 +198,29 @@ def resolve(client: MapClient, fn: Callable[[Any], Any], cluster: str | None, op
     spec = JobSpec(workload=Function(fn), resources=res, cluster=cfg.name, setup=setup, env=env,
                    **{k: v for k, v in spec_opts.items() if v is not None})
     sub, _backend = client.prepare(spec, cfg.name)
+    sub = with_pilot_memory(sub)
     for what, value in (("account", sub.spec.account), ("qos", sub.spec.qos), ("constraint", sub.spec.constraint)):
         if value is not None and (not value or any(c.isspace() or not c.isprintable() for c in value)):
             raise UsageError(f"{what}: {value!r} must be one word without spaces or control characters")
     if interface is None and nodes_are_local(cfg):
         interface = "lo"
     return PilotRequest(sub=sub, interface=interface, stall_timeout=stall)
+
+
+def with_pilot_memory(sub: Submission) -> Submission:
+    """The pilot's memory, fixed once: the request, or the core's share of the partition's memory per node
+    (``DEFAULT_MEMORY_PER_CORE_MB`` a core where the config does not say). The same figure is the worker's
+    ``--memory-limit`` and sbatch's ``--mem``, as dask-jobqueue does, so dask spills before Slurm kills."""
+    res = sub.spec.resources
+    if res.memory_mb:
+        return sub
+    part = sub.partition
+    if part.memory_per_node_mb and part.cpus_per_node:
+        mb = max(1, part.memory_per_node_mb * res.cpus_per_task // part.cpus_per_node)
+    else:
+        mb = DEFAULT_MEMORY_PER_CORE_MB * res.cpus_per_task
+    spec = dataclasses.replace(sub.spec, resources=dataclasses.replace(res, memory=mb))
+    return dataclasses.replace(sub, spec=spec)
 
 
 def nodes_are_local(cfg: ClusterConfig) -> bool:
@@ -237,6 +260,8 @@ class Pilots:
         self.refused: list[str] = []  # sbatch's own words for each pilot it refused
         self.lock = threading.Lock()
         self.closing = threading.Event()
+        self.cancelled: set[str] = set()
+        self.settler: threading.Thread | None = None
         conf = req.sub.cluster.slurm.get("conf")
         self.env_prefix = ["env", f"SLURM_CONF={conf}"] if conf else []
 
@@ -312,8 +337,10 @@ class Pilots:
         return self.client.store.query(ids=ids) if ids else []
 
     def cancel_all(self) -> None:
-        """scancel every pilot that has a Slurm id and is not known to be over (one call)."""
-        rows = [r for r in self.rows() if r.native_id and not r.done]
+        """scancel every pilot that has a Slurm id, is not known to be over and was not cancelled yet (one
+        call)."""
+        rows = [r for r in self.rows() if r.native_id and not r.done and r.id not in self.cancelled]
+        self.cancelled.update(r.id for r in rows)
         if rows:
             try:
                 self.client.cancel_many([(r, None) for r in rows])
@@ -325,17 +352,26 @@ class Pilots:
         deadline = time.monotonic() + timeout
         delay = 0.3
         while True:
-            rows = [r for r in self.rows() if not r.done]
-            if not rows:
-                return
             try:
+                rows = [r for r in self.rows() if not r.done]
+                if not rows:
+                    return
                 self.client.refresh(rows)
-            except Exception:  # noqa: BLE001 - a later `suanli status` refreshes them again
+            except Exception:  # noqa: BLE001 - (a closed registry, sacct down) a later `suanli status` does it
                 return
             if time.monotonic() + delay > deadline:
                 return
             time.sleep(delay)
             delay = min(delay * 1.5, 2.0)
+
+    def settle_later(self, timeout: float) -> None:
+        """``settle`` in a daemon thread, so the sweep returns at once and the interpreter can still exit
+        (an exit cuts it short; the next ``suanli status`` or ``accounting sync`` finishes the job)."""
+        if not any(not r.done for r in self.rows()):
+            return
+        self.settler = threading.Thread(target=self.settle, args=(timeout,), daemon=True,
+                                        name=f"suanli-dask-settle-{self.sweep_id}")
+        self.settler.start()
 
     def stderr_tail(self) -> str:
         for pid in reversed(self.rows()):
@@ -391,6 +427,14 @@ def _job_class(pilots: Pilots) -> type:
     return SuanliSLURMJob
 
 
+def pilot_job_options(req: PilotRequest) -> dict[str, Any]:
+    """What each pilot's ``SLURMJob`` is built with. ``memory`` is the worker's one ``--memory-limit`` (no
+    second one in extra arguments); the same figure reaches sbatch as ``--mem`` (``Pilots.sbatch_argv``)."""
+    res = req.sub.spec.resources
+    return {"cores": res.cpus_per_task, "processes": 1, "memory": f"{res.memory_mb}MiB",
+            "python": sh.quote(sys.executable), "interface": req.interface}
+
+
 # ---------------------------------------------------------------- the sweep
 def run_map(client: MapClient, fn: Callable[[Any], Any], items: Iterable[Any], *, cluster: str | None = None,
             max_workers: int | None = None,
@@ -400,7 +444,8 @@ def run_map(client: MapClient, fn: Callable[[Any], Any], items: Iterable[Any], *
     The pilots (partition, account, cpus, memory, time from the cluster config and the options) scale with the
     work up to ``max_workers`` (default: 4, or fewer items). Returns a :class:`Sweep` in input order; an item
     that raised is reported in ``Sweep.errors`` without losing the others. The pilot jobs are cancelled on the
-    way out, also when the caller is interrupted (Ctrl-C), and their final states land in the registry.
+    way out, also when the caller is interrupted (Ctrl-C); their final states land in the registry (and their
+    usage in the ledger) from a daemon thread or the next ``suanli status``.
     """
     items = list(items)
     if not callable(fn):
@@ -432,7 +477,6 @@ def run_map(client: MapClient, fn: Callable[[Any], Any], items: Iterable[Any], *
     if not items:
         return sweep
     workers = max_workers or min(DEFAULT_MAX_WORKERS, len(items))
-    res = req.sub.spec.resources
     # Quotas: the caller reserves the worst case of `workers` pilots (QuotaExceeded stops it here) and gets a
     # release for the end of the sweep; the pilots' real usage is booked as each of them ends.
     release = admit(req.sub, workers) if admit is not None else None
@@ -447,19 +491,8 @@ def run_map(client: MapClient, fn: Callable[[Any], Any], items: Iterable[Any], *
     dclient: Any = None
     adaptive: Any = None
     try:
-        dcluster = slurm_cluster(
-            job_cls=_job_class(pilots),
-            cores=res.cpus_per_task,
-            processes=1,
-            # The worker's own memory limit: the request, or none (Slurm's default applies to the job).
-            memory=f"{res.memory_mb}MiB" if res.memory_mb else "1GiB",
-            worker_extra_args=[] if res.memory_mb else ["--memory-limit", "0"],
-            python=sh.quote(sys.executable),
-            interface=req.interface,
-            scheduler_options={"dashboard_address": None},
-            name=f"suanli-{sweep_id}",
-            silence_logs="error",
-        )
+        dcluster = slurm_cluster(job_cls=_job_class(pilots), scheduler_options={"dashboard_address": None},
+                                 name=f"suanli-{sweep_id}", silence_logs="error", **pilot_job_options(req))
         dclient = dist.Client(dcluster, set_as_default=False)
         adaptive = dcluster.adapt(minimum_jobs=0, maximum_jobs=workers)
         futures = dclient.map(_Guard(fn), items, pure=False)
@@ -470,29 +503,12 @@ def run_map(client: MapClient, fn: Callable[[Any], Any], items: Iterable[Any], *
         watchdog.start()
         bar = _progress(len(items), fn_name)
         try:
-            # Each result is fetched on its own: one that cannot come back (it does not pickle) is that item's
-            # error, where gathering them together would wait for it forever.
-            for fut in dist.as_completed(futures, loop=dclient.loop):
-                i = index[fut.key]
-                if fut.status == "error":
-                    exc = fut.exception()
-                    sweep.exceptions[i] = exc
-                    text = "".join(traceback.format_exception(type(exc), exc, fut.traceback()))
-                    sweep.errors[i] = RemoteTraceback(text)
-                elif fut.status == "cancelled":
-                    exc = RuntimeError("cancelled")
-                    sweep.exceptions[i] = exc
-                    sweep.errors[i] = RemoteTraceback(f"{type(exc).__name__}: {stalled[0] if stalled else exc}\n")
-                else:
-                    try:
-                        sweep.values[i] = fut.result(timeout=RESULT_TIMEOUT_S)
-                    except Exception as exc:  # noqa: BLE001 - the item's own failure to come back
-                        sweep.exceptions[i] = exc
-                        sweep.errors[i] = RemoteTraceback(f"{type(exc).__name__}: {exc}\n")
-                bar(1)
+            for batch in dist.as_completed(futures, loop=dclient.loop).batches():
+                _collect(dclient, batch, index, sweep, stalled)
+                bar(len(batch))
         finally:
             bar(0)
-        # Results are in hand: release them on the workers, so retiring the workers moves no data.
+        # Results are in hand: release them on the workers before they are cancelled.
         dclient.cancel(futures)
         if stalled:
             error = BackendError(stalled[0])
@@ -510,6 +526,42 @@ def run_map(client: MapClient, fn: Callable[[Any], Any], items: Iterable[Any], *
         sweep.pilot_jobs = list(pilots.ids)
         sweep.wall_s = time.monotonic() - start
     return sweep
+
+
+def _collect(dclient: Any, batch: list[Any], index: dict[Any, int], sweep: Sweep, stalled: list[str]) -> None:
+    """Put the items of a batch of finished futures in their places. Their values come in one gather (one
+    fetch per item would fall behind a quick sweep and keep the caller waiting after the last item); if that
+    fails, each value is fetched on its own, so one that cannot come back (it does not pickle) is that item's
+    error and the others still arrive."""
+    done: list[Any] = []
+    for fut in batch:
+        i = index[fut.key]
+        if fut.status == "error":
+            exc = fut.exception()
+            sweep.exceptions[i] = exc
+            sweep.errors[i] = RemoteTraceback("".join(traceback.format_exception(type(exc), exc, fut.traceback())))
+        elif fut.status == "cancelled":
+            exc = RuntimeError("cancelled")
+            sweep.exceptions[i] = exc
+            sweep.errors[i] = RemoteTraceback(f"{type(exc).__name__}: {stalled[0] if stalled else exc}\n")
+        else:
+            done.append(fut)
+    if not done:
+        return
+    try:
+        values = dclient.gather(done)
+    except Exception:  # noqa: BLE001 - one item's value did not come back: fetch them one by one
+        values = None
+    for n, fut in enumerate(done):
+        i = index[fut.key]
+        if values is not None:
+            sweep.values[i] = values[n]
+            continue
+        try:
+            sweep.values[i] = fut.result(timeout=RESULT_TIMEOUT_S)
+        except Exception as exc:  # noqa: BLE001 - the item's own failure to come back
+            sweep.exceptions[i] = exc
+            sweep.errors[i] = RemoteTraceback(f"{type(exc).__name__}: {exc}\n")
 
 
 def _term_as_interrupt(signum: int, frame: Any) -> None:
@@ -588,8 +640,11 @@ def _watch(pilots: Pilots, dclient: Any, futures: list[Any], stall_timeout: floa
 
 
 def _shutdown(pilots: Pilots, dcluster: Any, dclient: Any, adaptive: Any, interrupted: bool) -> None:
-    """Stop scaling, cancel every pilot job, close dask, and record the pilots' final states. A second Ctrl-C
-    while this runs is held back until it is done (it is bounded), so no pilot job is left queued."""
+    """Stop scaling, scancel every pilot job, and close dask. The results are in hand already, so nothing waits
+    for the workers to retire: the pilots end CANCELLED and their rows are refreshed (and their usage booked)
+    by a daemon thread while the caller goes on, or by the next ``suanli status``. After Ctrl-C the process is
+    about to end, so the final states are awaited here instead (bounded). A second Ctrl-C while this runs is
+    held back until it is done, so no pilot job is left queued."""
     in_main = threading.current_thread() is threading.main_thread()
     old = signal.getsignal(signal.SIGINT) if in_main else None
     got: list[int] = []
@@ -602,17 +657,7 @@ def _shutdown(pilots: Pilots, dcluster: Any, dclient: Any, adaptive: Any, interr
                 adaptive.stop()
             except Exception:  # noqa: BLE001
                 pass
-        if not interrupted and dclient is not None:
-            # A clean finish: the scheduler tells its workers to close, so the pilots end COMPLETED; the ones
-            # that have not ended after a few seconds are cancelled below.
-            try:
-                connected = list(dclient.scheduler_info()["workers"])
-                if connected:
-                    dclient.retire_workers(workers=connected, close_workers=True)
-                    pilots.settle(5.0)
-            except Exception:  # noqa: BLE001 - cancelled below instead
-                pass
-        pilots.cancel_all()
+        pilots.cancel_all()  # one scancel for every pilot, before dask's own one-by-one close
         for closer in (dclient, dcluster):
             if closer is not None:
                 try:
@@ -620,7 +665,10 @@ def _shutdown(pilots: Pilots, dcluster: Any, dclient: Any, adaptive: Any, interr
                 except Exception:  # noqa: BLE001 - the pilots are cancelled already
                     pass
         pilots.cancel_all()  # a pilot whose sbatch was in flight during the first pass
-        pilots.settle(5.0 if interrupted else 15.0)
+        if interrupted:
+            pilots.settle(5.0)
+        else:
+            pilots.settle_later(SETTLE_AFTER_S)
     finally:
         if in_main:
             signal.signal(signal.SIGINT, old if old is not None else signal.default_int_handler)

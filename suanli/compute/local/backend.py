@@ -16,6 +16,7 @@ from typing import Any
 
 from suanli.compute import script as sh
 from suanli.compute.base import Backend, JobRef, NativeStatus, Plan, Submission, TaskKey
+from suanli.compute.config import DEFAULT_MAX_ARRAY_SIZE
 from suanli.compute.local import runner as rn
 from suanli.compute.payload import PAYLOAD, function_argv, function_payload, suanli_pythonpath
 from suanli.errors import BackendError, UsageError
@@ -163,8 +164,14 @@ class LocalBackend(Backend):
                     # Nobody supervises its tasks any more: stop them and record the end, so cancel,
                     # dependants and later status calls all see a finished job.
                     st = self._stop_unsupervised(job_dir, None, "FAILED", lost) or st
+            if st is None and not job_dir.exists():
+                # Its folder was deleted (the runner stops its tasks when it notices): nothing can finish it.
+                gone = NativeStatus(JobState.FAILED, reason="JobDirLost", ended_at=time.time())
+                out.update(((ref.job_id, task), gone) for task in ref.tasks)
+                continue
+            tasks = (st or {}).get("tasks", {})
             for task in ref.tasks:
-                t = (st or {}).get("tasks", {}).get(rn.task_key(task))
+                t = tasks.get(rn.task_key(task))
                 if t is None:
                     out[(ref.job_id, task)] = NativeStatus(JobState.UNKNOWN, reason="no state file")
                     continue
@@ -175,9 +182,22 @@ class LocalBackend(Backend):
                     state, reason, ended = JobState.FAILED, lost, time.time()
                 out[(ref.job_id, task)] = NativeStatus(
                     state=state, reason=reason, exit_code=t.get("exit_code"), started_at=t.get("started_at"),
-                    ended_at=ended, restarts=int(t.get("restarts", 0)),
+                    ended_at=ended, restarts=int(t.get("restarts", 0)), attempts=tuple(t.get("attempts") or ()),
                 )
         return out
+
+    def find_submitted(self, ref: JobRef, submitted_at: float) -> str | None:
+        """The native id of a job whose submitter died before recording it: its runner was being started
+        (``submit`` writes the state file, then opens runner.log and starts the runner; one that never came
+        up is caught by the RunnerFailed check), else None: it never got that far."""
+        job_dir = Path(ref.job_dir)
+        if rn.read_state(job_dir) is None or not (job_dir / "runner.log").exists():
+            return None
+        return ref.job_id
+
+    def array_cap(self) -> int:
+        """Most array tasks per job when the cluster config sets none."""
+        return DEFAULT_MAX_ARRAY_SIZE
 
     # ------------------------------------------------------------ cancel
     def cancel(self, refs: Sequence[JobRef]) -> None:

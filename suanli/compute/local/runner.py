@@ -16,12 +16,18 @@ import signal
 import subprocess
 import sys
 import time
+from collections import deque
 from pathlib import Path
 from typing import Any
 
 TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "PREEMPTED", "OUT_OF_MEMORY", "NODE_FAIL"}
 STATE_FILE = "state.json"
 PID_FILE = "runner.pid"
+#: state.json is rewritten whole, so with many tasks a write costs O(tasks): the runner waits at least this
+#: many times the last write's duration before the next one, which keeps writing under ~1/WRITE_SPACING of its
+#: time and the total linear in the number of state changes (a small job still writes within 50 ms).
+WRITE_SPACING = 10.0
+MIN_WRITE_INTERVAL_S = 0.05
 
 
 def task_key(task: int | None) -> str:
@@ -63,9 +69,12 @@ class Runner:
         self.state = st
         self.tasks: dict[str, dict[str, Any]] = st["tasks"]
         self.cancel_all = False
+        self.cancelled: set[str] = set()  # per-task cancel markers already acted on
         self.dirty = False
         self.last_flush = 0.0
+        self.write_interval = MIN_WRITE_INTERVAL_S
         self.running: dict[str, tuple[subprocess.Popen[bytes], float | None]] = {}
+        self.fds: dict[str, int] = {}
         self.killing: dict[str, tuple[str, float]] = {}  # key -> (final state, SIGKILL deadline)
         self.pidfd_ok = True
         self.sel = selectors.DefaultSelector()
@@ -89,11 +98,30 @@ class Runner:
 
     def flush(self, force: bool = False) -> None:
         now = time.monotonic()
-        if self.dirty and (force or now - self.last_flush > 0.05):
+        if self.dirty and (force or now - self.last_flush >= self.write_interval):
             self.state["updated_at"] = time.time()
-            write_json(self.dir / STATE_FILE, self.state)
+            try:
+                write_json(self.dir / STATE_FILE, self.state)
+            except FileNotFoundError:
+                if not self.dir.exists():
+                    self.orphaned()
+                raise
             self.dirty = False
-            self.last_flush = now
+            self.last_flush = time.monotonic()
+            self.write_interval = max(MIN_WRITE_INTERVAL_S, WRITE_SPACING * (self.last_flush - now))
+
+    def next_flush_in(self) -> float:
+        """Seconds until unwritten changes may be written."""
+        return max(0.0, self.last_flush + self.write_interval - time.monotonic())
+
+    def orphaned(self) -> None:
+        """The job folder was deleted: nobody can see or cancel these tasks any more, so they stop now."""
+        for proc, _ in self.running.values():
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        raise SystemExit(f"{self.dir}: the job folder was deleted; its tasks were stopped")
 
     def wait_events(self, timeout: float) -> None:
         for key, _ in self.sel.select(timeout=max(0.0, timeout)):
@@ -106,10 +134,14 @@ class Runner:
 
     # ------------------------------------------------------------ phases
     def cancel_markers(self) -> set[str]:
+        """Tasks with a cancel marker (a whole-job cancel sets ``cancel_all`` and gives no per-task set)."""
         if self.cancel_all or (self.dir / "cancel").exists():
             self.cancel_all = True
-            return set(self.tasks)
+            return set()
         return {p.name[len("cancel-"):] for p in self.dir.glob("cancel-*")}
+
+    def is_cancelled(self, key: str) -> bool:
+        return self.cancel_all or key in self.cancelled or (self.dir / f"cancel-{key}").exists()
 
     def wait_dependencies(self) -> bool:
         deps = self.launch.get("dependencies") or []
@@ -120,7 +152,8 @@ class Runner:
         self.flush(force=True)
         delay = 0.05
         while True:
-            if self.cancel_markers() == set(self.tasks):
+            markers = self.cancel_markers()
+            if self.cancel_all or markers.issuperset(self.tasks):
                 return self._never(None, "CANCELLED")
             waiting = False
             for dep in deps:
@@ -179,10 +212,31 @@ class Runner:
         try:
             fd = os.pidfd_open(proc.pid)
             self.sel.register(fd, selectors.EVENT_READ, key)
+            self.fds[key] = fd
         except (OSError, AttributeError):
             self.pidfd_ok = False  # no pidfds: poll instead
         self.update(key, state="RUNNING", reason=None, pid=proc.pid, pid_start=_starttime(proc.pid),
                     started_at=time.time(), ended_at=None, exit_code=None)
+
+    def cancel_queued(self, queue: deque[str]) -> None:
+        """Act on new cancel markers: queued tasks end CANCELLED at once (O(1) each, the queue skips them
+        later), running ones are stopped."""
+        fresh = self.cancel_markers() - self.cancelled
+        self.cancelled |= fresh
+        if not self.cancel_all and not fresh:
+            return
+        now = time.time()
+        if self.cancel_all:
+            for key in queue:
+                if self.tasks[key]["state"] not in TERMINAL:
+                    self.update(key, state="CANCELLED", reason=None, ended_at=now)
+            queue.clear()
+            fresh = set(self.running)
+        for key in fresh:
+            if key in self.running:
+                self.kill(key, "CANCELLED")
+            elif key in self.tasks and self.tasks[key]["state"] not in TERMINAL:
+                self.update(key, state="CANCELLED", reason=None, ended_at=now)
 
     def kill(self, key: str, final: str) -> None:
         proc, _ = self.running[key]
@@ -194,15 +248,15 @@ class Runner:
             pass
         self.killing[key] = (final, time.monotonic() + float(self.launch.get("kill_grace_s", 5)))
 
-    def reap(self, queue: list[str]) -> None:
+    def reap(self, queue: deque[str]) -> None:
         for key, (proc, _) in list(self.running.items()):
             code = proc.poll()
             if code is None:
                 continue
-            for sk in list(self.sel.get_map().values()):
-                if sk.data == key:
-                    self.sel.unregister(sk.fileobj)
-                    os.close(sk.fd)
+            fd = self.fds.pop(key, None)
+            if fd is not None:
+                self.sel.unregister(fd)
+                os.close(fd)
             del self.running[key]
             exit_code = 128 - code if code < 0 else code
             forced = self.killing.pop(key, None)
@@ -219,10 +273,14 @@ class Runner:
             t = self.tasks[key]
             restarts = int(t.get("restarts", 0))
             if final in ("FAILED", "TIMEOUT") and restarts < int(self.launch.get("max_restarts", 0)) \
-                    and not self.cancel_all and key not in self.cancel_markers():
+                    and not self.is_cancelled(key):
+                # Each attempt is kept (it is booked as its own usage record); the task's own fields are the
+                # latest attempt's.
+                attempt = {"started_at": t.get("started_at"), "ended_at": time.time(), "state": final,
+                           "exit_code": exit_code}
                 self.update(key, state="PENDING", reason="Requeued", restarts=restarts + 1, exit_code=exit_code,
-                         ended_at=None)
-                queue.insert(0, key)
+                            ended_at=None, attempts=[*t.get("attempts", []), attempt])
+                queue.appendleft(key)
                 continue
             self.update(key, state=final, reason=reason, exit_code=exit_code, ended_at=time.time())
 
@@ -231,19 +289,14 @@ class Runner:
         if not self.wait_dependencies():
             self.flush(force=True)
             return
-        queue = [k for k, t in self.tasks.items() if t["state"] not in TERMINAL]
+        queue = deque(k for k, t in self.tasks.items() if t["state"] not in TERMINAL)
         limit = max(1, int(self.launch.get("max_concurrent") or 1))
         while queue or self.running:
-            cancelled = self.cancel_markers()
-            if cancelled:
-                now = time.time()
-                for key in [k for k in queue if k in cancelled]:
-                    queue.remove(key)
-                    self.update(key, state="CANCELLED", reason=None, ended_at=now)
-                for key in [k for k in self.running if k in cancelled]:
-                    self.kill(key, "CANCELLED")
+            self.cancel_queued(queue)
             while queue and len(self.running) < limit and not self.cancel_all:
-                self.start(queue.pop(0))
+                key = queue.popleft()
+                if self.tasks[key]["state"] not in TERMINAL:  # a task cancelled while queued is skipped
+                    self.start(key)
             self.flush()
             now = time.monotonic()
             for key, (_, deadline) in list(self.running.items()):
@@ -258,11 +311,20 @@ class Runner:
             next_times = [d for _, d in self.running.values() if d is not None]
             next_times += [k for _, k in self.killing.values()]
             timeout = min(min(next_times) - now, 5.0) if next_times else 5.0
-            if not self.pidfd_ok or self.dirty:
-                timeout = min(timeout, 0.05)  # unwritten changes go out within the 50 ms write window
+            if not self.pidfd_ok:
+                timeout = min(timeout, 0.05)
+            if self.dirty:
+                timeout = min(timeout, self.next_flush_in())  # unwritten changes go out when the spacing allows
             self.wait_events(timeout)
+            if not self.dir.exists():
+                self.orphaned()
             self.reap(queue)
         self.flush(force=True)
+
+
+def process_start(pid: int) -> str:
+    """The kernel's start time of a live process (see ``same_process``); "?" when it is gone."""
+    return _starttime(pid)
 
 
 def _starttime(pid: int) -> str:

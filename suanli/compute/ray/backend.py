@@ -215,6 +215,19 @@ class RayBackend(Backend):
             raise
         return plan.job_id
 
+    def find_submitted(self, ref: JobRef, submitted_at: float) -> str | None:
+        """The submission id is the suanli id, so a job whose submitter died after submit_job is found by it."""
+        client = self.client()
+        try:
+            client.get_job_info(ref.job_id)
+        except RuntimeError as exc:  # the Jobs API's answer for an unknown submission id
+            if "does not exist" in str(exc) or "404" in str(exc):
+                return None
+            raise BackendError(f"cluster {self.cluster.name}: get_job_info: {exc}") from None
+        except Exception as exc:  # noqa: BLE001 - connection errors of several libraries
+            raise BackendError(f"cluster {self.cluster.name}: unreachable ({type(exc).__name__})") from None
+        return ref.job_id
+
     # ------------------------------------------------------------ status
     def status_many(self, refs: Sequence[JobRef]) -> dict[TaskKey, NativeStatus]:
         if not refs:

@@ -32,6 +32,10 @@ COMMAND_TIMEOUT_S = 60.0
 #: Retries stop once this much time has gone: sbatch alone spends ~30 s before it gives up on a dead controller.
 RETRY_BUDGET_S = 45.0
 _NAME_OK = re.compile(r"[^A-Za-z0-9._+-]")
+#: An array with indices at or above MaxArraySize is split into at most this many Slurm arrays, so a cluster's
+#: default cap on array tasks (``max_array_size``) is MaxArraySize x this.
+MAX_SPLIT_ARRAYS = 100
+_CHUNK_LOG = re.compile(r"/chunk-(\d+)-%a\.out")
 
 
 def slurm_name(name: str) -> str:
@@ -168,7 +172,7 @@ class SlurmBackend(Backend):
                       "suanli.runtime.launch", *target, *w.args]
         elif isinstance(w, MPI):
             ranks = w.total_ranks(res)
-            tasks_per_node = w.ranks_per_node or max(1, -(-ranks // res.nodes))
+            tasks_per_node = w.procs_per_node(res)
             launcher = sub.partition.mpi_launcher or "srun"
             binding = sub.adapter.mpi_binding(launcher, tasks_per_node, sub.partition.numa_nodes)
             if launcher == "mpirun":
@@ -207,7 +211,9 @@ class SlurmBackend(Backend):
             },
         )
         argv = ["sbatch", "--parsable", f"--job-name={slurm_name(spec.display_name)}",
-                f"--partition={sub.partition.name}", f"--nodes={res.nodes}", f"--ntasks-per-node={tasks_per_node}",
+                f"--partition={sub.partition.name}", f"--nodes={res.nodes}",
+                # Every rank is a task: the allocation (and sacct's AllocCPUS) holds them all.
+                f"--ntasks-per-node={max(tasks_per_node, res.tasks_per_node)}",
                 f"--cpus-per-task={res.cpus_per_task}", *resource_options(sub)]
         if res.time_limit is not None and res.time_limit.total_seconds() > 2 * self.signal_s:
             argv.append(f"--signal=B:USR2@{self.signal_s}")
@@ -215,6 +221,9 @@ class SlurmBackend(Backend):
         layout: dict[str, object] = {}
         if spec.array is not None:
             chunks = split_array(spec.array, self.max_array_size())
+            if len(chunks) > MAX_SPLIT_ARRAYS:
+                raise UsageError(f"array: its indices span {len(chunks)} Slurm arrays of MaxArraySize "
+                                 f"{self.max_array_size()}, more than {MAX_SPLIT_ARRAYS}; use smaller indices")
             argv.append(f"--array={chunks[0][1]}")
             stem = "task-%a"
             if len(chunks) > 1 or chunks[0][0]:
@@ -262,6 +271,37 @@ class SlurmBackend(Backend):
                 raise BackendError(f"sbatch: {exc}") from None
             raise
 
+    def array_cap(self) -> int:
+        """Most array tasks per job when the cluster config sets none: MaxArraySize x the split limit."""
+        return self.max_array_size() * MAX_SPLIT_ARRAYS
+
+    def find_submitted(self, ref: JobRef, submitted_at: float) -> str | None:
+        """The native id(s) of a job whose submitter died before recording them, found by the job folder in
+        sacct's SubmitLine (every sbatch line names it); None when Slurm never got it. Arrays of a split job
+        that got only part-way are cancelled (None): a job is all there or not at all."""
+        start = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(submitted_at - 120))
+        proc = self.run(["sacct", "--parsable2", "--noheader", "-X", "-S", start, "-o", "JobID,SubmitLine"],
+                        "sacct")
+        found: dict[int, str] = {}
+        script = f"{ref.job_dir}/job.sh"
+        for line in proc.stdout.splitlines():
+            job, _, submit_line = line.partition("|")
+            if script not in submit_line.split():
+                continue
+            m = _CHUNK_LOG.search(submit_line)
+            found[int(m.group(1)) if m else 0] = job.split("_", 1)[0].split("+", 1)[0]
+        if not found:
+            # sacct may not know a job queued a moment ago: squeue decides whether it is really absent.
+            queue = self.run(["squeue", "-h", "-o", "%i|%o"], "squeue").stdout
+            if any(cmd.strip() == script for _, _, cmd in (q.partition("|") for q in queue.splitlines())):
+                raise BackendError(f"job {ref.job_id}: queued but not yet in sacct; asked again later")
+            return None
+        offsets = [int(c[0]) for c in ref.layout.get("chunks") or [[0, None]]]
+        if sorted(found) != sorted(offsets):
+            subprocess.run(["scancel", *found.values()], capture_output=True, env=self.env)
+            return None
+        return ",".join(found[o] for o in offsets)
+
     # ------------------------------------------------------------ status
     def status_many(self, refs: Sequence[JobRef]) -> dict[TaskKey, NativeStatus]:
         by_native: dict[str, tuple[JobRef, int]] = {}
@@ -271,7 +311,7 @@ class SlurmBackend(Backend):
         if not by_native:
             return {}
         ids = ",".join(sorted(by_native))
-        argv = ["sacct", "--parsable2", "--noheader", "-X", "-D", "-j", ids, "-o", ",".join(parse.SACCT_FIELDS)]
+        argv = ["sacct", "--parsable2", "--noheader", "-D", "-j", ids, "-o", ",".join(parse.SACCT_FIELDS)]
         try:
             states = parse.parse_sacct(self.run(argv, "sacct").stdout)
         except BackendError as exc:

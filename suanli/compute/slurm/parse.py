@@ -80,7 +80,8 @@ def parse_time(text: str) -> float | None:
 
 
 def parse_exit(text: str) -> int | None:
-    """``CODE:SIGNAL`` -> the shell's view: the code, or 128 + the signal."""
+    """``CODE:SIGNAL`` -> the shell's view: the code, or 128 + the signal (sacct's ``0:15`` is 143, as bash
+    reports a script killed by SIGTERM)."""
     code, _, sig = text.strip().partition(":")
     if not code.isdigit():
         return None
@@ -89,7 +90,23 @@ def parse_exit(text: str) -> int | None:
     return int(code)
 
 
+#: States in which Slurm stopped the script with a signal (SIGTERM, then SIGKILL after KillWait).
+_STOPPED = (JobState.CANCELLED, JobState.TIMEOUT, JobState.PREEMPTED)
+
+
+def _stopped_exit(text: str) -> int | None:
+    """The batch step's ExitCode of a job Slurm stopped, as 128 + the signal: ``0:15`` and also ``15:0``, the
+    form slurmstepd records when it signalled the script itself (the allocation row then says ``0:0``)."""
+    code, _, sig = text.strip().partition(":")
+    if sig.isdigit() and int(sig):
+        return 128 + int(sig)
+    if code.isdigit() and 0 < int(code) < 128:
+        return 128 + int(code)
+    return int(code) if code.isdigit() else None
+
+
 _ID = re.compile(r"^(\d+)(?:_(\d+|\[[^\]]*\]))?(?:\+\d+)?$")
+_BATCH = re.compile(r"^(\d+)(?:_(\d+))?\.batch$")
 
 
 def expand_brackets(spec: str) -> list[int]:
@@ -117,15 +134,23 @@ def parse_sacct(text: str, fields: Iterable[str] = SACCT_FIELDS) -> list[TaskSta
     latest: dict[tuple[str, int | None], TaskState] = {}
     pending: dict[tuple[str, int | None], TaskState] = {}
     attempts: dict[tuple[str, int | None], int] = {}
+    # A job killed by its time limit or scancel shows ExitCode 0:0 on its allocation row; the signal that
+    # ended the script is on the batch step (0:15). Without -X each attempt's steps follow its own row.
+    batch_exit: dict[tuple[str, int | None], int | None] = {}
     for line in text.splitlines():
         if not line.strip():
             continue
         parts = line.split("|")
         if len(parts) < len(names):
             continue
-        m = _ID.match(parts[col["JobID"]].strip())
+        job_id = parts[col["JobID"]].strip()
+        m = _ID.match(job_id)
         if not m:
-            continue  # a step such as 123.batch (not asked for with -X) or a heterogeneous component
+            b = _BATCH.match(job_id)
+            if b and "ExitCode" in col:
+                batch_exit[(b.group(1), int(b.group(2)) if b.group(2) else None)] = _stopped_exit(
+                    parts[col["ExitCode"]])
+            continue  # another step (extern, srun steps) or a heterogeneous component
         job, task_text = m.group(1), m.group(2)
         state = STATES(parts[col["State"]])
 
@@ -151,6 +176,7 @@ def parse_sacct(text: str, fields: Iterable[str] = SACCT_FIELDS) -> list[TaskSta
         task = int(task_text) if task_text else None
         key = (job, task)
         attempts[key] = attempts.get(key, 0) + 1
+        batch_exit.pop(key, None)  # steps seen so far belong to an earlier attempt
         latest[key] = TaskState(job, task, raw, **common)  # type: ignore[arg-type]
     for key, ts in pending.items():
         if key not in latest:
@@ -159,7 +185,10 @@ def parse_sacct(text: str, fields: Iterable[str] = SACCT_FIELDS) -> list[TaskSta
     out = []
     for key, ts in latest.items():
         restarts = attempts[key] - 1
-        out.append(TaskState(ts.job, ts.task, ts.raw_id, ts.state, ts.exit_code, ts.started_at, ts.ended_at,
+        code = ts.exit_code
+        if ts.state in _STOPPED and not code and batch_exit.get(key):
+            code = batch_exit[key]
+        out.append(TaskState(ts.job, ts.task, ts.raw_id, ts.state, code, ts.started_at, ts.ended_at,
                              ts.reason, restarts))
     return out
 
