@@ -1,17 +1,22 @@
-"""Accounting at a centre's scale: 1,000,000 usage records on SQLite (and PostgreSQL when a server is given).
+"""Accounting at a centre's scale: 1M and 10M usage records (a year of a centre) on SQLite and PostgreSQL.
 
-Prints, each against a baseline measured in the same run:
-- `suanli usage --by account,month` as a whole process vs the bare GROUP BY query it runs (goal < 1 s);
-- sync ingest from sacct --parsable2 text (parse + store, streamed) in records/s and the child's peak RSS
-  (goals >= 50,000/s, < 300 MB) vs parsing alone;
-- one admission check (the quota sums of one account) vs the bare SUM query (goal < 5 ms).
+Prints, each against a baseline measured in the same run, and writes the figures to bench/results/*.json:
+- sync ingest from sacct --parsable2 text through the real `accounting sync` path (streamed, tracking only the
+  ids that hold reservations) in records/s and the child's peak RSS (goals >= 50,000/s, <= 300 MB) vs parsing;
+- every `suanli usage --by KEY` report (served by the roll-ups; goal < 500 ms) vs the records' GROUP BY scan,
+  and `usage --by month` / `--by account` as whole processes;
+- one admission check (quota sums from the roll-ups; goal < 2 ms) vs the records' scan it replaced.
 
-  .venv/bin/python bench/bench_accounting.py [--records 1000000] [--pg postgresql://postgres@127.0.0.1:15432/postgres]
+  .venv/bin/python bench/bench_accounting.py --records 1000000,10000000 [--pg postgresql://postgres@HOST:PORT/postgres]
+  .venv/bin/python bench/bench_accounting.py --plot      # bench/ledger_scale.png from bench/results/ledger-*.json
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
+import itertools
+import json
 import os
 import random
 import resource
@@ -22,6 +27,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -30,20 +36,26 @@ from _util import median_s  # noqa: E402
 from suanli.accounting.estimate import worst_case  # noqa: E402
 from suanli.accounting.ledger import Ledger  # noqa: E402
 from suanli.accounting.quota import Quota  # noqa: E402
-from suanli.accounting.sacct import FIELDS, parse_usage  # noqa: E402
+from suanli.accounting.sacct import FIELDS, ParseStats, parse_usage  # noqa: E402
 from suanli.jobs.resources import Resources  # noqa: E402
 
+RESULTS = Path(__file__).resolve().parent / "results"
+PARSE_FLOOR_LINES = 1_000_000
+#: Reports also timed as the records' GROUP BY scan they replace (each scan costs seconds at 10M).
+SCANNED = ("month", "account", "account,month")
+REPORTS = ("account", "user", "partition", "accelerator", "cluster", "month", "day", "account,month")
 ACCOUNTS = [f"acct-{i:03d}" for i in range(100)]
 USERS = [f"user{i:04d}" for i in range(1000)]
 
 
 def sacct_lines(n: int, seed: int = 7) -> Iterator[str]:
-    """sacct --parsable2 -X -D text for n finished allocations over the last year (as FIELDS orders them)."""
+    """sacct --parsable2 -X -D text for n finished allocations over the last year (as FIELDS orders them), in
+    the order a sync reads them: one-day sacct windows, oldest first, so end times rise (with jitter)."""
     rnd = random.Random(seed)
     now = time.time()
     yield "|".join(FIELDS) + "\n"
     for i in range(n):
-        end = now - rnd.random() * 365 * 86400
+        end = now - 365 * 86400 * (1 - i / n) - rnd.random() * 3600
         elapsed = rnd.randint(10, 86400)
         start = end - elapsed
         cpus = rnd.choice((1, 4, 8, 32, 64))
@@ -51,55 +63,76 @@ def sacct_lines(n: int, seed: int = 7) -> Iterator[str]:
         tres = f"billing={cpus},cpu={cpus},mem={cpus * 4}G,node=1" + (f",gres/npu={gpus}" if gpus else "")
         ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(start))
         te = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(end))
-        yield (f"{1000000 + i}|{1000000 + i}|{rnd.choice(USERS)}|{rnd.choice(ACCOUNTS)}|"
+        u = rnd.randrange(len(USERS))
+        # A user charges their home account, and one in ten jobs a second project (as at a real centre).
+        account = ACCOUNTS[u % len(ACCOUNTS)] if rnd.random() < 0.9 else ACCOUNTS[(u * 7 + 3) % len(ACCOUNTS)]
+        yield (f"{1000000 + i}|{1000000 + i}|{USERS[u]}|{account}|"
                f"{'ai' if gpus else 'cpu'}|COMPLETED|{cpus}|1|{tres}|{elapsed}|{cpus * elapsed}|"
                f"{elapsed // 2}:00.000|{ts}|{ts}|{te}\n")
 
 
 def child_ingest(path: str, url: str | None, home: str) -> None:
-    """Runs in a fresh process so its peak RSS is the ingest's own."""
+    """Runs in a fresh process so its peak RSS is the ingest's own; parses as `accounting sync` does (tracking
+    only the ids that hold reservations: none here)."""
     led = Ledger(url, Path(home))
     t = time.perf_counter()
     with open(path) as fh:
-        n = led.record(parse_usage(fh, "bench"))
+        n = led.record(parse_usage(fh, "bench", stats=ParseStats(track=set())))
     dt = time.perf_counter() - t
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"{n} {dt} {rss_mb}")
     led.close()
 
 
-def bench_db(label: str, url: str | None, home: Path, text: Path, n: int, env: dict[str, str]) -> None:
+def row(what: str, value: str, extra: str = "") -> None:
+    print(f"{what:<52} {value:>16}  {extra}")
+
+
+def bench_db(label: str, url: str | None, home: Path, text: Path, n: int, parse_rps: float,
+             env: dict[str, str]) -> dict[str, Any]:
     print(f"\n== {label}: {n:,} records")
-    # Parsing alone, the floor of any ingest.
-    t = time.perf_counter()
-    with open(text) as fh:
-        parsed = sum(1 for _ in parse_usage(fh, "bench"))
-    parse_s = time.perf_counter() - t
     r = subprocess.run([sys.executable, __file__, "--child-ingest", str(text), "--home", str(home),
                         *(["--url", url] if url else [])], capture_output=True, text=True, env=env, check=True)
     stored, ingest_s, rss = r.stdout.split()
-    print(f"{'parse only':<44} {parsed / parse_s:>12,.0f} records/s")
-    print(f"{'sync ingest (parse + store, streamed)':<44} {int(stored) / float(ingest_s):>12,.0f} records/s  "
-          f"peak RSS {float(rss):.0f} MB  ({float(ingest_s) / parse_s:.2f}x parse only)")
-
+    out: dict[str, Any] = {"engine": label, "records": n, "parse_rps": parse_rps,
+                           "ingest_rps": int(stored) / float(ingest_s), "ingest_rss_mb": float(rss)}
+    row("parse only (the floor)", f"{parse_rps:,.0f} rec/s")
+    row("sync ingest (parse + store + roll-ups)", f"{out['ingest_rps']:,.0f} rec/s",
+        f"peak RSS {float(rss):.0f} MB  ({out['ingest_rps'] / parse_rps:.2f}x parse only)")
     led = Ledger(url, home)
-    rows = led.report(["account", "month"])
-    assert sum(x["jobs"] for x in rows) == n, "the report does not add up to the records"
-    raw_sql = ("SELECT account, month, COUNT(*), SUM(cpu_seconds), SUM(accelerator_seconds), SUM(charge) "
-               "FROM usage_records GROUP BY account, month ORDER BY account, month")
+    assert sum(x["jobs"] for x in led.report(["account", "month"])) == n, "the report does not add up"
 
-    def raw_query() -> None:
-        with led.db.transaction() as tx:
-            tx.all(raw_sql)
+    def scan(by: str) -> float:
+        cols = ", ".join({"user": "user_name", "partition": "partition_name",
+                          "accelerator": "accelerator_kind"}.get(k, k) for k in by.split(","))
+        sql = (f"SELECT {cols}, COUNT(*), SUM(cpu_seconds), SUM(accelerator_seconds), SUM(charge) "
+               f"FROM usage_records GROUP BY {cols} ORDER BY {cols}")
 
-    raw = median_s(raw_query, 5, 1)
-    api = median_s(lambda: led.report(["account", "month"]), 5, 1)
+        def go() -> None:
+            with led.db.transaction() as tx:
+                tx.all(sql)
+        return median_s(go, 1, 0)
+
+    out["report_ms"], out["scan_ms"] = {}, {}
+    for by in REPORTS:
+        keys = by.split(",")
+        api = median_s(functools.partial(led.report, keys), 5, 1)
+        out["report_ms"][by] = api * 1000
+        if by not in SCANNED:
+            row(f"Ledger.report(--by {by})", f"{api * 1000:,.1f} ms")
+            continue
+        base = scan(by)
+        out["scan_ms"][by] = base * 1000
+        row(f"Ledger.report(--by {by})", f"{api * 1000:,.1f} ms", f"scan of the records {base * 1000:,.0f} ms "
+            f"({base / api:,.0f}x faster)")
     cli_env = dict(env, SUANLI_HOME=str(home), **({"SUANLI_LEDGER_URL": url} if url else {}))
-    cli = median_s(lambda: subprocess.run([sys.executable, "-m", "suanli", "usage", "--by", "account,month",
-                                           "--json"], stdout=subprocess.DEVNULL, env=cli_env, check=True), 5, 1)
-    print(f"{'GROUP BY account, month (bare SQL)':<44} {raw * 1000:>10.1f} ms")
-    print(f"{'Ledger.report(account, month)':<44} {api * 1000:>10.1f} ms  ({api / raw:.2f}x)")
-    print(f"{'suanli usage --by account,month (process)':<44} {cli * 1000:>10.1f} ms  ({cli / raw:.2f}x)")
+    out["cli_ms"] = {}
+    for by in ("month", "account"):
+        argv = [sys.executable, "-m", "suanli", "usage", "--by", by, "--json"]
+        run = functools.partial(subprocess.run, argv, stdout=subprocess.DEVNULL, env=cli_env, check=True)
+        cli = median_s(run, 5, 1)
+        out["cli_ms"][by] = cli * 1000
+        row(f"suanli usage --by {by} (whole process)", f"{cli * 1000:,.1f} ms")
 
     led.set_quota(Quota(account="acct-042", cpu_hours=1e9, accelerator_hours={"ascend": 1e9}, charge=1e12), "bench")
     est = worst_case(Resources(cpus_per_task=8, time="2h", accelerators="ascend:2"), 1, 1.0, 2.0)
@@ -107,25 +140,56 @@ def bench_db(label: str, url: str | None, home: Path, text: Path, n: int, env: d
     def admit() -> None:
         led.admit(job_id="bench", cluster="bench", account="acct-042", user="user0001", est=est, reserve=False)
 
-    def bare_sum() -> None:
-        with led.db.transaction() as tx:
-            lo, hi = time.time() - 30 * 86400, time.time()
-            tx.all("SELECT accelerator_kind, SUM(cpu_seconds), SUM(accelerator_seconds), SUM(charge) "
-                   "FROM usage_records WHERE account = ? AND month >= ? AND month <= ? AND end_time >= ? "
-                   "AND end_time < ? GROUP BY accelerator_kind",
-                   ("acct-042", time.strftime("%Y-%m", time.localtime(lo)), time.strftime("%Y-%m"), lo, hi))
+    [q] = led.quotas("acct-042")
+    win = q.window()
+    assert win is not None
 
-    b = median_s(bare_sum, 51, 5)
+    def old_sum() -> None:  # what admission did before the roll-ups: the records of the account's month
+        with led.db.transaction() as tx:
+            led._sums(tx, "usage_records", q, win[1], win[2])
+
+    b = median_s(old_sum, 3, 1)
     a = median_s(admit, 51, 5)
-    print(f"{'quota sums of one account (bare SQL)':<44} {b * 1000:>10.2f} ms")
-    print(f"{'admission check (Ledger.admit)':<44} {a * 1000:>10.2f} ms  ({a / b:.2f}x)")
+    out["admit_ms"], out["admit_scan_ms"] = a * 1000, b * 1000
+    row("admission check (Ledger.admit, roll-ups)", f"{a * 1000:,.2f} ms",
+        f"records' sums {b * 1000:,.1f} ms ({b / a:,.0f}x faster)")
     led.close()
+    return out
+
+
+def plot(paths: list[Path], png: Path) -> None:
+    """Ingest rate, slowest report and admission against the number of records, per engine."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = [r for p in paths for r in json.loads(p.read_text())["runs"]]
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    metrics = (("ingest_rps", "sync ingest (records/s)", 50_000),
+               ("report_max_ms", "slowest `usage --by` report (ms)", 500), ("admit_ms", "admission (ms)", 2))
+    for ax, (key, title, goal) in zip(axes, metrics, strict=True):
+        for engine in sorted({r["engine"] for r in runs}):
+            pts = sorted((r["records"], max(r["report_ms"].values()) if key == "report_max_ms" else r[key])
+                         for r in runs if r["engine"] == engine)
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=engine)
+        ax.axhline(goal, color="grey", linestyle="--", label="goal")
+        ax.set_xscale("log")
+        ax.set_xlabel("records in the ledger")
+        ax.set_title(title)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+    print(f"wrote {png}")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--records", type=int, default=1_000_000)
+    ap.add_argument("--records", default="1000000", help="comma-separated sizes, e.g. 1000000,10000000")
     ap.add_argument("--pg", help="a PostgreSQL superuser URL; a scratch database is made and dropped")
+    ap.add_argument("--engines", default="sqlite,postgresql")
+    ap.add_argument("--tmp", help="where the sacct text and the SQLite ledger go (default: the system's)")
+    ap.add_argument("--plot", action="store_true", help="plot bench/results/ledger-*.json to bench/ledger_scale.png")
     ap.add_argument("--child-ingest")
     ap.add_argument("--home")
     ap.add_argument("--url")
@@ -133,25 +197,52 @@ def main() -> None:
     if args.child_ingest:
         child_ingest(args.child_ingest, args.url, args.home)
         return
+    if args.plot:
+        plot(sorted(RESULTS.glob("ledger-*.json")), Path(__file__).resolve().parent / "ledger_scale.png")
+        return
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
-    with tempfile.TemporaryDirectory() as tmp:
-        text = Path(tmp) / "sacct.txt"
-        with open(text, "w") as fh:
-            fh.writelines(sacct_lines(args.records))
-        print(f"sacct --parsable2 text: {text.stat().st_size / 1e6:.0f} MB for {args.records:,} allocations")
-        bench_db("SQLite", None, Path(tmp) / "sqlite-home", text, args.records, env)
-        if args.pg:
-            import psycopg
+    engines = args.engines.split(",")
+    RESULTS.mkdir(exist_ok=True)
+    for n in (int(x) for x in args.records.split(",")):
+        runs: list[dict[str, Any]] = []
+        stamp = time.strftime("%Y%m%dT%H%M%S")
+        out = RESULTS / f"ledger-{n}-{stamp}.json"
 
-            db = "bench_" + secrets.token_hex(4)
-            with psycopg.connect(args.pg, autocommit=True) as c:
-                c.execute(f"CREATE DATABASE {db}")  # type: ignore[arg-type]
-            try:
-                url = args.pg.rsplit("/", 1)[0] + "/" + db
-                bench_db("PostgreSQL", url, Path(tmp) / "pg-home", text, args.records, env)
-            finally:
-                with psycopg.connect(args.pg, autocommit=True) as c:
-                    c.execute(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")  # type: ignore[arg-type]
+        with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
+            text = Path(tmp) / "sacct.txt"
+            with open(text, "w") as fh:
+                fh.writelines(sacct_lines(n))
+            print(f"\nsacct --parsable2 text: {text.stat().st_size / 1e6:.0f} MB for {n:,} allocations")
+            t = time.perf_counter()
+            with open(text) as fh:  # the rate is flat in n: the first million lines measure it
+                lines = itertools.islice(fh, PARSE_FLOOR_LINES + 1)
+                parsed = sum(1 for _ in parse_usage(lines, "bench", stats=ParseStats(track=set())))
+            parse_rps = parsed / (time.perf_counter() - t)
+            if "sqlite" in engines:
+                runs.append(bench_db("SQLite", None, Path(tmp) / "sqlite-home", text, n, parse_rps, env))
+                save(out, stamp, runs)
+            if args.pg and "postgresql" in engines:
+                runs.append(bench_pg(args.pg, Path(tmp) / "pg-home", text, n, parse_rps, env))
+                save(out, stamp, runs)
+
+
+def save(out: Path, stamp: str, runs: list[dict[str, Any]]) -> None:
+    """Written after each engine, so a run stopped during the next keeps what it measured."""
+    out.write_text(json.dumps({"command": " ".join(sys.argv), "date": stamp, "runs": runs}, indent=1))
+    print(f"wrote {out}")
+
+
+def bench_pg(pg: str, home: Path, text: Path, n: int, parse_rps: float, env: dict[str, str]) -> dict[str, Any]:
+    import psycopg
+
+    db = "bench_" + secrets.token_hex(4)
+    with psycopg.connect(pg, autocommit=True) as c:
+        c.execute(f"CREATE DATABASE {db}")  # type: ignore[arg-type]
+    try:
+        return bench_db("PostgreSQL", pg.rsplit("/", 1)[0] + "/" + db, home, text, n, parse_rps, env)
+    finally:
+        with psycopg.connect(pg, autocommit=True) as c:
+            c.execute(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")  # type: ignore[arg-type]
 
 
 if __name__ == "__main__":

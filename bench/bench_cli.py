@@ -1,26 +1,42 @@
-"""CLI start-up: `suanli --help` and `suanli status` with 1,000 jobs in the registry, whole-process medians,
-beside `python3 -c pass` measured in the same run. Goal: under 100 ms on a 2-core machine.
+"""CLI start-up, whole processes, beside `python3 -c pass` measured in the same run: `suanli --help`,
+`suanli submit -- true` on the local backend, `suanli status` with an empty registry and with 1,000 jobs.
+Rounds are interleaved (each round runs every command once), so load from elsewhere on the machine falls on
+all of them alike; the figures are medians. Goals: `--help` <= 1.5x and `submit -- true` <= 2.5x
+`python3 -c pass`. With $SUANLI_TEST_PG set, a submit with a PostgreSQL ledger (a quota on its account, so
+admission runs) is timed against the same submit with no ledger: the difference is what the ledger adds.
 
-    .venv/bin/python bench/bench_cli.py [--repeat 21]
+    .venv/bin/python bench/bench_cli.py [--rounds 21] [--jobs 1000] [--json PATH]
+
+Every command runs from an empty folder with HOME pointing there and SUANLI_CONFIG unset, so no cluster config
+file is read (the built-in local cluster needs none). Bytecode is written and used (PYTHONDONTWRITEBYTECODE is
+dropped): users run from .pyc files, and compiling every module on every run would hide what start-up costs.
+The figures are also written as JSON (default bench/results/cli.json).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import resource
+import secrets
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _util import median_s, report, run_quiet  # noqa: E402
+from urllib.parse import urlsplit, urlunsplit
 
 HEAVY = ("ray", "torch", "dask", "distributed", "submitit", "psycopg")
+GOALS = {"suanli --help": 1.5, "suanli submit -- true (local)": 2.5}
 
 
 def fill_registry(home: Path, n: int) -> None:
+    """``n`` finished local jobs, so status lists them without asking any backend."""
     from suanli.compute.store import JobRow, Store, TaskUpdate
     from suanli.jobs.state import JobState
 
@@ -35,31 +51,188 @@ def fill_registry(home: Path, n: int) -> None:
     store.close()
 
 
+@dataclass
+class Case:
+    """One command line, timed whole; ``after`` runs untimed with its stdout (to let a submitted job end)."""
+
+    name: str
+    argv: list[str]
+    env: dict[str, str]
+    after: Callable[[str], None] | None = None
+    samples: list[float] = field(default_factory=list)
+    cpu: list[float] = field(default_factory=list)
+
+    def run(self, cwd: str) -> tuple[float, float]:
+        """Wall seconds, and the CPU seconds (user + system) of the process and the children it waited for: on
+        a busy machine the CPU figure moves much less than the wall one. A submit's job runner is not waited
+        for, so its CPU is not counted."""
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        t = time.perf_counter()
+        r = subprocess.run(self.argv, env=self.env, cwd=cwd, capture_output=True, text=True)
+        dt = time.perf_counter() - t
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        if r.returncode != 0:
+            raise SystemExit(f"benchmark command failed ({r.returncode}): {' '.join(self.argv)}\n{r.stderr}")
+        if self.after:
+            self.after(r.stdout)
+        return dt, after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+
+
+def interleaved(cases: list[Case], rounds: int, cwd: str, warmup: int = 2) -> None:
+    """Each round runs every case once; the first ``warmup`` rounds (bytecode, page cache) are not kept."""
+    for i in range(warmup + rounds):
+        for c in cases:
+            dt, cpu = c.run(cwd)
+            if i >= warmup:
+                c.samples.append(dt)
+                c.cpu.append(cpu)
+
+
+def wait_ended(home: Path) -> Callable[[str], None]:
+    """After a submit: wait (untimed) until its local job has ended, so its runner does not load the next
+    round's measurements."""
+    from suanli.compute.local.runner import combined, read_state
+
+    def after(stdout: str) -> None:
+        job_dir = home / "jobs" / stdout.split()[-1]
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            st = read_state(job_dir)
+            if st is not None and combined(st) != "ACTIVE":
+                return
+            time.sleep(0.01)
+        raise SystemExit(f"job in {job_dir} did not end within 60 s")
+
+    return after
+
+
+def wait_all(home: Path) -> None:
+    """Let every job submitted under ``home`` end, so the folder can be removed."""
+    for job_dir in (home / "jobs").glob("*"):
+        wait_ended(home)(job_dir.name)
+
+
+def base_env(tmp: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("PYTHONDONTWRITEBYTECODE", "SUANLI_CONFIG", "SUANLI_LEDGER_URL", "SUANLI_CLUSTER")}
+    env["HOME"] = str(tmp)  # no ~/.config/suanli/clusters
+    return env
+
+
+@contextmanager
+def pg_ledger(tmp: Path) -> Iterator[str | None]:
+    """A fresh PostgreSQL database for the ledger (owned by suanli_admin, as tests/postgres/server.sh sets up),
+    dropped afterwards; None without $SUANLI_TEST_PG."""
+    pg = os.environ.get("SUANLI_TEST_PG")
+    if not pg:
+        yield None
+        return
+    import psycopg
+
+    name = "bench_cli_" + secrets.token_hex(4)
+    p = urlsplit(pg)
+    with psycopg.connect(pg, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name} OWNER suanli_admin")  # type: ignore[arg-type]
+    try:
+        yield urlunsplit(p._replace(netloc=f"suanli_admin@{p.hostname}:{p.port}", path="/" + name))
+    finally:
+        with psycopg.connect(pg, autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")  # type: ignore[arg-type]
+
+
+def build_cases(tmp: Path, cwd: Path, exe: str, py: str, n_jobs: int, pg_url: str | None) -> list[Case]:
+    env = base_env(tmp)
+
+    def home_env(name: str, **extra: str) -> tuple[Path, dict[str, str]]:
+        home = tmp / name
+        return home, {**env, "SUANLI_HOME": str(home), **extra}
+
+    empty, empty_env = home_env("empty")
+    sub_home, sub_env = home_env("submit")
+    full, full_env = home_env("full")
+    fill_registry(full, n_jobs)
+    cases = [
+        Case("python3 -c pass", [py, "-c", "pass"], env),
+        Case("suanli --help", [exe, "--help"], empty_env),
+        Case("python -m suanli --help", [py, "-m", "suanli", "--help"], empty_env),
+        Case("suanli submit -- true (local)", [exe, "submit", "--", "true"], sub_env, wait_ended(sub_home)),
+        Case("suanli status (empty registry)", [exe, "status"], empty_env),
+        Case(f"suanli status ({n_jobs} jobs)", [exe, "status"], full_env),
+        Case(f"suanli status --json ({n_jobs} jobs)", [exe, "status", "--json"], full_env),
+    ]
+    if pg_url:
+        quota = subprocess.run([exe, "quota", "set", "--account", "bench", "--cpu-hours", "1000000"],
+                               env={**empty_env, "SUANLI_LEDGER_URL": pg_url}, cwd=cwd, capture_output=True,
+                               text=True)
+        if quota.returncode != 0:
+            raise SystemExit(f"quota set on the PostgreSQL ledger failed: {quota.stderr}")
+        argv = [exe, "submit", "-A", "bench", "-t", "1m", "--", "true"]
+        nl_home, nl_env = home_env("submit-account")
+        pg_home, pg_env = home_env("submit-pg", SUANLI_LEDGER_URL=pg_url)
+        cases += [
+            Case("suanli submit -A bench -- true (no ledger)", argv, nl_env, wait_ended(nl_home)),
+            Case("suanli submit -A bench -- true (PostgreSQL ledger)", argv, pg_env, wait_ended(pg_home)),
+        ]
+    return cases
+
+
+def heavy_imports(py: str, env: dict[str, str], cwd: str, *args: str) -> tuple[int, list[str]]:
+    r = subprocess.run([py, "-X", "importtime", "-m", "suanli", *args], capture_output=True, text=True, env=env,
+                       cwd=cwd)
+    mods = {ln.split("|")[-1].strip() for ln in r.stderr.splitlines() if "|" in ln}
+    return len(mods), sorted(m for m in mods if m.split(".")[0] in HEAVY + ("yaml",) or m.startswith(
+        "suanli.accounting"))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--repeat", type=int, default=21)
+    ap.add_argument("--rounds", "--repeat", type=int, default=21)
     ap.add_argument("--jobs", type=int, default=1000)
+    ap.add_argument("--json", type=Path, default=Path(__file__).resolve().parent / "results" / "cli.json")
     args = ap.parse_args()
     py = sys.executable
     exe = str(Path(py).with_name("suanli"))
-    with tempfile.TemporaryDirectory() as tmp:
-        home = Path(tmp) / "home"
-        fill_registry(home, args.jobs)
-        env = dict(os.environ, SUANLI_HOME=str(home))
-        rows = [
-            ("python3 -c pass", median_s(run_quiet([py, "-c", "pass"], env), args.repeat)),
-            ("suanli --help", median_s(run_quiet([exe, "--help"], env), args.repeat)),
-            (f"suanli status ({args.jobs} jobs)", median_s(run_quiet([exe, "status"], env), args.repeat)),
-            (f"suanli status --json ({args.jobs} jobs)", median_s(run_quiet([exe, "status", "--json"], env),
-                                                                args.repeat)),
-            ("python -m suanli --help", median_s(run_quiet([py, "-m", "suanli", "--help"], env), args.repeat)),
-        ]
-    report(f"CLI start-up, median of {args.repeat} whole-process runs ({os.cpu_count()} cores)", rows,
-           "python3 -c pass")
-    imp = subprocess.run([py, "-X", "importtime", "-m", "suanli", "--help"], capture_output=True, text=True)
-    mods = {ln.split("|")[-1].strip() for ln in imp.stderr.splitlines() if "|" in ln}
-    heavy = sorted(m for m in mods if m.split(".")[0] in HEAVY)
-    print(f"\n`python -X importtime -m suanli --help`: {len(mods)} modules; heavy ones: {heavy or 'none'}")
+    with tempfile.TemporaryDirectory() as t, pg_ledger(Path(t)) as pg_url:
+        tmp = Path(t)
+        work = tmp / "cwd"
+        work.mkdir()
+        cases = build_cases(tmp, work, exe, py, args.jobs, pg_url)
+        interleaved(cases, args.rounds, str(work))
+        env = {**base_env(tmp), "SUANLI_HOME": str(tmp / "imports")}
+        imports = {what: heavy_imports(py, env, str(work), *what.split()) for what in ("--help", "submit -- true")}
+        wait_all(tmp / "imports")
+    base = statistics.median(cases[0].samples)
+    base_cpu = statistics.median(cases[0].cpu)
+    rows = [{"what": c.name, "median_ms": round(statistics.median(c.samples) * 1000, 1),
+             "ratio": round(statistics.median(c.samples) / base, 2),
+             "cpu_ms": round(statistics.median(c.cpu) * 1000, 1),
+             "cpu_ratio": round(statistics.median(c.cpu) / base_cpu, 2), "argv": c.argv[1:]} for c in cases]
+    by = {r["what"]: r for r in rows}
+    pg_added = pg_added_cpu = None
+    if pg_url:
+        pg = by["suanli submit -A bench -- true (PostgreSQL ledger)"]
+        no = by["suanli submit -A bench -- true (no ledger)"]
+        pg_added = round(pg["median_ms"] - no["median_ms"], 1)  # type: ignore[operator]
+        pg_added_cpu = round(pg["cpu_ms"] - no["cpu_ms"], 1)  # type: ignore[operator]
+    print(f"\nCLI start-up, medians of {args.rounds} interleaved rounds ({os.cpu_count()} cores, load "
+          f"{os.getloadavg()[0]:.1f})")
+    print(f"{'what':<52} {'wall ms':>8} {'x pass':>7} {'cpu ms':>7} {'x pass':>7} {'goal':>6}")
+    for r in rows:
+        goal = GOALS.get(str(r["what"]))
+        print(f"{r['what']:<52} {r['median_ms']:>8} {r['ratio']:>7} {r['cpu_ms']:>7} {r['cpu_ratio']:>7} "
+              f"{'<=' + str(goal) if goal else '':>6}")
+    if pg_added is not None:
+        print(f"a PostgreSQL ledger adds {pg_added} ms wall, {pg_added_cpu} ms CPU to a submit (goal: <= 30 ms)")
+    for what, (n, heavy) in imports.items():
+        print(f"`python -X importtime -m suanli {what}`: {n} modules; heavy/yaml/accounting: {heavy or 'none'}")
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps({
+        "bench": "cli", "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "rounds": args.rounds, "cores": os.cpu_count(),
+        "python": sys.version.split()[0], "load": os.getloadavg()[0], "rows": rows, "goals": GOALS,
+        "pg_ledger_added_ms": pg_added, "pg_ledger_added_cpu_ms": pg_added_cpu,
+        "imports": {what: {"modules": n, "heavy": heavy} for what, (n, heavy) in imports.items()},
+    }, indent=2) + "\n")
+    print(f"results: {args.json}")
 
 
 if __name__ == "__main__":

@@ -11,7 +11,8 @@ PY="$VENV/bin/python"
 
 # The services the tests talk to: Slurm (tests/slurm/cluster.sh), a Ray head (tests/ray/head.sh) and a PostgreSQL
 # server (tests/postgres/server.sh), each in its own folder, stopped on exit. SUANLI_SKIP_SLURM=1, SUANLI_SKIP_RAY=1,
-# SUANLI_SKIP_POSTGRES=1 leave one out.
+# SUANLI_SKIP_POSTGRES=1 leave one out. The 3-node cluster in network namespaces (tests/slurm/multinode.sh, needs root)
+# runs the tests marked multinode; SUANLI_SKIP_MULTINODE=1 leaves it out, and `-m multinode` starts only it.
 start_service() {  # NAME SCRIPT
     local name=$1 script=$2 dir
     dir=$(mktemp -d "/tmp/suanli-$name.XXXXXX")
@@ -27,9 +28,19 @@ start_service() {  # NAME SCRIPT
 }
 CLEANUP=()
 trap 'for c in "${CLEANUP[@]}"; do eval "$c"; done' EXIT
-[ "${SUANLI_SKIP_SLURM:-0}" = 1 ] || start_service slurm tests/slurm/cluster.sh
-[ "${SUANLI_SKIP_RAY:-0}" = 1 ] || [ ! -f tests/ray/head.sh ] || start_service ray tests/ray/head.sh
-[ "${SUANLI_SKIP_POSTGRES:-0}" = 1 ] || [ ! -f tests/postgres/server.sh ] || start_service postgres tests/postgres/server.sh
+only_multinode=0  # `-m multinode`: the multi-node tests alone need none of the other services
+prev=""
+for a in "$@"; do
+    if { [ "$prev" = -m ] && [ "$a" = multinode ]; } || [ "$a" = -m=multinode ]; then only_multinode=1; fi
+    prev=$a
+done
+if [ "$only_multinode" = 0 ]; then
+    [ "${SUANLI_SKIP_SLURM:-0}" = 1 ] || start_service slurm tests/slurm/cluster.sh
+    [ "${SUANLI_SKIP_RAY:-0}" = 1 ] || [ ! -f tests/ray/head.sh ] || start_service ray tests/ray/head.sh
+    [ "${SUANLI_SKIP_POSTGRES:-0}" = 1 ] || [ ! -f tests/postgres/server.sh ] ||
+        start_service postgres tests/postgres/server.sh
+fi
+[ "${SUANLI_SKIP_MULTINODE:-0}" = 1 ] || start_service multinode tests/slurm/multinode.sh
 
 "$PY" -m pytest -p no:cacheprovider "$@"
 rc=$?

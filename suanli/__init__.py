@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable, Mapping
-from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
+TYPE_CHECKING = False  # not `from typing import ...`: the CLI's start-up needs no typing at run time
 if TYPE_CHECKING:  # explicit re-exports for type checkers; at run time __getattr__ loads them
+    from typing import Any
+
     from suanli.api import Client
     from suanli.compute.dask import Sweep as Sweep
     from suanli.errors import BackendError as BackendError

@@ -22,6 +22,7 @@ from suanli.accounting.estimate import Estimate, worst_case
 from suanli.accounting.ledger import Check, Ledger
 from suanli.accounting.records import UsageRecord, charge_of
 from suanli.accounting.sacct import FIELDS, ParseStats, parse_usage
+from suanli.compute.backends import usage_source
 from suanli.compute.config import ClusterConfig
 from suanli.errors import BackendError, SuanliError, UsageError
 from suanli.jobs.resources import Resources
@@ -146,12 +147,15 @@ class Accounts:
         try:
             with db.quick():
                 rows = self._with_reserved_done(rows)
-                local = [r for r in rows if r.backend != "slurm"]
+                # Each backend says where its usage comes from (``Backend.usage_source``): plug-ins, local
+                # and Ray book from the registry, Slurm from sacct.
+                source = {b: usage_source(b) for b in {r.backend for r in rows}}
+                local = [r for r in rows if source[r.backend] == "registry"]
                 if local:
                     self.ledger.record(list(self._registry_records(local)), release_jobs=[r.id for r in local])
                 by_cluster: dict[str, list[JobRow]] = {}
                 for r in rows:
-                    if r.backend == "slurm" and r.native_id:
+                    if source[r.backend] == "sacct" and r.native_id:
                         by_cluster.setdefault(r.cluster, []).append(r)
                 for cluster, group in by_cluster.items():
                     cfg = self.client.configs.cluster(cluster)
@@ -233,7 +237,7 @@ class Accounts:
         for name in names:
             cfg = configs.cluster(name)
             try:
-                if cfg.backend == "slurm":
+                if usage_source(cfg.backend) == "sacct":
                     out.append(self._sync_slurm(cfg, since, all_users, until))
                 else:
                     out.append(self._sync_registry(cfg, since, until))
@@ -248,8 +252,12 @@ class Accounts:
         """Local and Ray jobs from the registry (a user's own, thousands at most): every finished job, or those
         submitted since ``since``; rewriting a booked one changes nothing."""
         until = time.time() if until is None else until
-        rows = [r for r in self.client.store.query(cluster=cfg.name, since=since)
-                if r.done and r.submitted_at < until]
+        rows = self.client.store.query(cluster=cfg.name, since=since)
+        if any(not r.done for r in rows):
+            # Jobs that ended since anyone looked: settle them first (one status call), or the sync misses them.
+            fresh = self.client.refresh(rows)
+            rows = [fresh.get(r.id, r) for r in rows]
+        rows = [r for r in rows if r.done and r.submitted_at < until]
         n = self.ledger.record(self._registry_records(rows), release_jobs=[r.id for r in rows])
         self.ledger.set_mark(cfg.name, "registry:" + self.user(_login()), until)
         return SyncResult(cfg.name, cfg.backend, since or 0.0, until, n, released=len(rows))
@@ -416,7 +424,7 @@ class Accounts:
 
 # ---------------------------------------------------------------- helpers
 def _login() -> str:
-    from suanli.api import current_user
+    from suanli.compute.base import current_user
 
     return current_user()
 

@@ -8,18 +8,15 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import getpass
 import logging
-import os
-import secrets
-import socket
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, overload
 
 from suanli.adapters import get_adapter
-from suanli.compute.base import Backend, DependencyRef, JobRef, Plan, Submission
+from suanli.compute.backends import get_backend
+from suanli.compute.base import Backend, DependencyRef, JobRef, Plan, Submission, current_user
 from suanli.compute.config import (
     DEFAULT_MAX_ARRAY_SIZE,
     HARD_MAX_ARRAY_SIZE,
@@ -28,14 +25,18 @@ from suanli.compute.config import (
     PartitionConfig,
     load_configs,
 )
-from suanli.compute.local.runner import process_start, same_process
-from suanli.compute.registry import get_backend
+from suanli.compute.fit import check_fits as check_fits
+from suanli.compute.logs import follow_files as follow_files
 from suanli.compute.store import JobRow, Store, TaskUpdate
+from suanli.compute.submitter import new_id as new_id
+from suanli.compute.submitter import submitter, submitter_gone, test_pause
 from suanli.errors import BackendError, JobFailedError, RemoteTraceback, SuanliError, UsageError
+from suanli.jobs.build import RESOURCE_OPTIONS as RESOURCE_OPTIONS
+from suanli.jobs.build import SPEC_OPTIONS as SPEC_OPTIONS
+from suanli.jobs.build import build_spec as build_spec
 from suanli.jobs.handle import Job, JobArray, JobController, Stream
 from suanli.jobs.record import JobInfo
-from suanli.jobs.resources import Resources
-from suanli.jobs.spec import MPI, Array, Command, Dependency, Function, JobSpec, Map, Training
+from suanli.jobs.spec import Array, Dependency, JobSpec, Map
 
 log = logging.getLogger("suanli")
 
@@ -43,92 +44,6 @@ if TYPE_CHECKING:
     from suanli.accounts import Accounts
     from suanli.compute.dask.engine import Sweep
     from suanli.jobs.state import JobState
-
-_ID_ALPHABET = "abcdefghjkmnpqrstuvwxyz23456789"
-#: A row still "Submitting" whose submitter ran on another machine (its pid cannot be checked from here) is
-#: taken as abandoned after this long.
-SUBMIT_STALE_S = 3600.0
-
-#: Keyword options of ``submit``/``map`` that go into Resources.
-RESOURCE_OPTIONS = {
-    "nodes": "nodes", "tasks_per_node": "tasks_per_node", "ntasks_per_node": "tasks_per_node",
-    "cpus_per_task": "cpus_per_task", "memory": "memory", "mem": "memory", "accelerators": "accelerators",
-    "accelerator_kind": "accelerator_kind", "time": "time",
-}
-#: Keyword options of ``submit``/``map`` that go into JobSpec.
-SPEC_OPTIONS = {
-    "qos": "qos", "constraint": "constraint", "setup": "setup", "workdir": "workdir", "array": "array",
-    "after": "dependencies", "dependencies": "dependencies", "requeue": "max_restarts",
-    "max_restarts": "max_restarts",
-}
-
-
-def new_id() -> str:
-    """Eight characters, starting with a letter so an id never looks like a Slurm job number."""
-    first = secrets.choice(_ID_ALPHABET[:23])
-    return first + "".join(secrets.choice(_ID_ALPHABET) for _ in range(7))
-
-
-def current_user() -> str:
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        return str(os.getuid())
-
-
-def build_spec(target: Any, args: Sequence[Any] = (), kwargs: Mapping[str, Any] | None = None, *,
-               cluster: str | None = None, partition: str | None = None, account: str | None = None,
-               resources: Resources | None = None, name: str | None = None,
-               env: Mapping[str, str] | None = None, **options: Any) -> JobSpec:
-    """A JobSpec from ``submit``'s arguments: a callable, an argv list, a workload or a JobSpec."""
-    res_opts: dict[str, Any] = {}
-    spec_opts: dict[str, Any] = {}
-    for key, value in options.items():
-        if key in RESOURCE_OPTIONS:
-            res_opts[RESOURCE_OPTIONS[key]] = value
-        elif key in SPEC_OPTIONS:
-            spec_opts[SPEC_OPTIONS[key]] = value
-        else:
-            valid = sorted({*RESOURCE_OPTIONS, *SPEC_OPTIONS})
-            raise UsageError(f"submit: unknown option {key!r}; valid options: {', '.join(valid)}")
-    if "dependencies" in spec_opts:
-        deps = spec_opts["dependencies"]
-        if isinstance(deps, str | Job | Dependency) or not isinstance(deps, Iterable):
-            deps = [deps]
-        spec_opts["dependencies"] = tuple(Dependency.parse(d) for d in deps)
-    if "array" in spec_opts and spec_opts["array"] is not None:
-        spec_opts["array"] = Array.parse(spec_opts["array"])
-
-    if isinstance(target, JobSpec):
-        if args or kwargs:
-            raise UsageError("submit: positional args and kwargs belong to a callable, not to a JobSpec")
-        spec = target
-    else:
-        if isinstance(target, Command | Function | Map | Training | MPI):
-            workload: Any = target
-            if args or kwargs:
-                raise UsageError("submit: positional args and kwargs belong to a callable, not to a workload")
-        elif callable(target):
-            workload = Function(target, tuple(args), dict(kwargs or {}))
-        elif isinstance(target, list | tuple) and target and all(isinstance(a, str) for a in target):
-            workload = Command([*target, *map(str, args)])
-        else:
-            raise UsageError(f"submit: {target!r} is not a callable, an argv list, a workload or a JobSpec")
-        spec = JobSpec(workload=workload)
-    base_res = resources or spec.resources
-    if res_opts:
-        merged = {f.name: getattr(base_res, f.name) for f in dataclasses.fields(Resources)}
-        if "accelerators" in res_opts and "accelerator_kind" not in res_opts:
-            merged["accelerator_kind"] = None
-        merged.update(res_opts)
-        base_res = Resources(**merged)
-    changes: dict[str, Any] = {"resources": base_res, **spec_opts}
-    for key, value in (("cluster", cluster), ("partition", partition), ("account", account), ("name", name)):
-        if value is not None:
-            changes[key] = value
-    if env:
-        changes["env"] = {**spec.env, **env}
-    return dataclasses.replace(spec, **changes)
 
 
 class Client(JobController):
@@ -261,25 +176,36 @@ class Client(JobController):
         self.reconcile_unsubmitted(self.store.unsubmitted())
         # The quota check reserves the worst case before anything reaches the scheduler (exit 3 if it does
         # not fit); a refused submission gives the reservation back.
-        checks = self.accounts.admit(sub, self.accounts.estimate(sub))
+        checks = self.accounts.admit(sub, self.accounts.estimate(sub)) if self._quota_may_apply(sub) else []
         try:
             self.store.insert(row, sub.tasks, JobState.PENDING, "Submitting")
         except BaseException:
-            self.accounts.abandoned(sub.job_id, checks)
+            if checks:
+                self.accounts.abandoned(sub.job_id, checks)
             raise
-        _test_pause("after-insert")
+        test_pause("after-insert")
         try:
             native = backend.submit(plan)
         except BaseException:
             self.store.delete(sub.job_id)
-            self.accounts.abandoned(sub.job_id, checks)
+            if checks:
+                self.accounts.abandoned(sub.job_id, checks)
             raise
-        _test_pause("after-submit")
+        test_pause("after-submit")
         self.store.set_native_id(sub.job_id, native)
-        self.accounts.submitted(sub.job_id, native, checks)
+        if checks:
+            self.accounts.submitted(sub.job_id, native, checks)
         if s.array is not None:
             return JobArray(sub.job_id, self, list(s.array.indices))
         return Job(sub.job_id, self)
+
+    def _quota_may_apply(self, sub: Submission) -> bool:
+        """Admission's own first checks (``Accounts.admit``), made without loading the accounting package: a
+        job without an account has no quota, and nobody has one while no ledger is configured and the SQLite
+        one (``Ledger``'s ``$SUANLI_HOME/ledger.db``) was never written."""
+        if not sub.spec.account:
+            return False
+        return self.configs.settings.ledger is not None or (self.store.root / "ledger.db").exists()
 
     def submit(self, target: Any, *args: Any, kwargs: Mapping[str, Any] | None = None,
                cluster: str | None = None, **options: Any) -> Job | JobArray:
@@ -329,8 +255,6 @@ class Client(JobController):
     def refresh(self, rows: Sequence[JobRow], strict: bool = False) -> dict[str, JobRow]:
         """Ask each backend once for every unfinished task of these jobs; terminal states are cached. Returns
         the rows it asked about as they are now (jobs that just ended are booked in the ledger)."""
-        from suanli.jobs.state import JobState
-
         changed = self.reconcile_unsubmitted([r for r in rows if not r.done and r.native_id is None])
         if changed:
             again = {r.id: r for r in self.store.query(ids=changed)}
@@ -338,17 +262,20 @@ class Client(JobController):
         open_rows = [r for r in rows if not r.done and r.native_id is not None]
         if not open_rows:
             return {r.id: r for r in rows if r.id in changed}
-        tasks = self.store.tasks([r.id for r in open_rows])
-        known = {(r.id, None if t[0] == -1 else t[0]): t for r in open_rows for t in tasks[r.id]}
-        groups: dict[tuple[str, str], list[JobRef]] = {}
+        groups: dict[tuple[str, str], list[JobRow]] = {}
         for r in open_rows:
-            live = tuple(None if t[0] == -1 else t[0] for t in tasks[r.id] if not JobState(t[1]).is_terminal)
-            if live:
-                groups.setdefault((r.cluster, r.backend), []).append(self._ref(r, live))
+            groups.setdefault((r.cluster, r.backend), []).append(r)
         updates: list[TaskUpdate] = []
-        for (cluster, backend_name), refs in groups.items():
+        runs_changed = 0
+        for (cluster, backend_name), group in groups.items():
             try:
-                statuses = self.backend(cluster, backend_name).status_many(refs)
+                backend = self.backend(cluster, backend_name)
+                status_runs = getattr(backend, "status_runs", None)
+                if status_runs is not None:
+                    # Ranges of tasks compared and written by SQLite: no task row is read into Python.
+                    runs_changed += self.store.apply_runs(status_runs([self._ref(r) for r in group]))
+                else:
+                    updates += self._task_updates(backend, group)
             except (BackendError, UsageError) as exc:
                 # One unreachable (or no longer configured) cluster must not hide the others: its jobs keep
                 # their last known states. Waiting on them (strict) fails instead of waiting forever.
@@ -356,19 +283,35 @@ class Client(JobController):
                     raise
                 log.warning("cluster %s: states not refreshed: %s", cluster, exc)
                 continue
-            for (job_id, task), st in statuses.items():
-                if _unchanged(known.get((job_id, task)), st):
-                    continue  # a big array's status rewrites only the tasks that changed
-                updates.append(TaskUpdate(job_id, task, st.state, st.reason, st.restarts, st.started_at,
-                                          st.ended_at, st.exit_code, st.native_id, st.attempts))
-        if not updates and not changed:
+        if not updates and not runs_changed and not changed:
             return {}
-        self.store.update_tasks(updates)
+        if updates:
+            self.store.update_tasks(updates)
         fresh = {r.id: r for r in self.store.query(ids=[*changed, *(r.id for r in open_rows)])}
         ended = [r for r in fresh.values() if r.done]
         if ended:
             self.accounts.finished(ended)
         return fresh
+
+    def _task_updates(self, backend: Backend, group: Sequence[JobRow]) -> list[TaskUpdate]:
+        """Task by task, for backends that answer per task: what changed since the registry's last look."""
+        from suanli.jobs.state import JobState
+
+        terminal = {s.value for s in JobState if s.is_terminal}
+        tasks = self.store.tasks([r.id for r in group])
+        known = {(r.id, None if t[0] == -1 else t[0]): t for r in group for t in tasks[r.id]}
+        refs = []
+        for r in group:
+            live = tuple(None if t[0] == -1 else t[0] for t in tasks[r.id] if t[1] not in terminal)
+            if live:
+                refs.append(self._ref(r, live))
+        updates: list[TaskUpdate] = []
+        for (job_id, task), st in (backend.status_many(refs) if refs else {}).items():
+            if _unchanged(known.get((job_id, task)), st):
+                continue  # a big array's status rewrites only the tasks that changed
+            updates.append(TaskUpdate(job_id, task, st.state, st.reason, st.restarts, st.started_at,
+                                      st.ended_at, st.exit_code, st.native_id, st.attempts))
+        return updates
 
     def reconcile_unsubmitted(self, rows: Sequence[JobRow], lost: JobState | None = None) -> list[str]:
         """Rows still "Submitting" whose submitter died: the backend is asked whether the job reached it. Found:
@@ -380,7 +323,7 @@ class Client(JobController):
         changed: list[str] = []
         released: list[str] = []
         for r in rows:
-            if r.done or r.native_id is not None or not _submitter_gone(r):
+            if r.done or r.native_id is not None or not submitter_gone(r):
                 continue
             try:
                 backend = self.backend(r.cluster, r.backend)
@@ -523,21 +466,6 @@ class Client(JobController):
             self.backend(cluster, backend_name).cancel(refs)
 
 
-def submitter() -> dict[str, Any]:
-    """Who is submitting (kept with the registry row): if this process dies before the backend's id is
-    recorded, a later status call sees it gone (pid and kernel start time, so a reused pid does not count)."""
-    pid = os.getpid()
-    return {"pid": pid, "start": process_start(pid), "host": socket.gethostname()}
-
-
-def _submitter_gone(row: JobRow) -> bool:
-    sub = row.meta.get("submitter") or {}
-    if sub.get("pid") and sub.get("host") == socket.gethostname():
-        return not same_process(int(sub["pid"]), sub.get("start"))
-    # Submitted on another machine, or by a suanli that did not record its submitters: only age can tell.
-    return time.time() - row.submitted_at > SUBMIT_STALE_S
-
-
 def _bind(ledger: Any, job_id: str, native_id: str) -> None:
     ledger.bind(job_id, native_id)
 
@@ -552,80 +480,3 @@ def _unchanged(known: tuple[Any, ...] | None, st: Any) -> bool:
             and st.native_id in (None, native))
 
 
-def _test_pause(point: str) -> None:
-    """Test-only hook: with SUANLI_TEST_PAUSE_AT=point the submitter creates SUANLI_TEST_PAUSE_FILE there and
-    waits (at most 2 minutes) until it is removed, so a test can kill it at a known step of a submission."""
-    if os.environ.get("SUANLI_TEST_PAUSE_AT") != point:
-        return
-    path = Path(os.environ["SUANLI_TEST_PAUSE_FILE"])
-    path.write_text(str(os.getpid()))
-    deadline = time.monotonic() + 120
-    while path.exists() and time.monotonic() < deadline:
-        time.sleep(0.02)
-
-
-def follow_files(paths: Sequence[Path], finished: Callable[[], bool], check_every: float = 1.0
-                 ) -> Iterator[tuple[int, str]]:
-    """Yield (file index, line) as lines are appended to any of the files; stop once ``finished()`` and
-    nothing more is left. Bytes are split on newlines before decoding, so a character or a CRLF written in
-    two pieces arrives whole; ``finished()`` (a scheduler call) runs at most every ``check_every`` seconds."""
-    handles = []
-    for p in paths:
-        p.parent.mkdir(parents=True, exist_ok=True)
-        p.touch(exist_ok=True)
-        handles.append(open(p, "rb"))  # noqa: SIM115 - closed below
-    pending = [b"" for _ in paths]
-    delay = 0.02
-    last_check = 0.0
-    try:
-        while True:
-            got = False
-            for i, fh in enumerate(handles):
-                chunk = fh.read()
-                if chunk:
-                    got = True
-                    pending[i] += chunk
-                    *lines, pending[i] = pending[i].split(b"\n")
-                    for line in lines:
-                        yield i, line.decode(errors="replace") + "\n"
-            if got:
-                delay = 0.02
-                continue
-            if time.monotonic() - last_check >= check_every:
-                last_check = time.monotonic()
-                if finished():
-                    for i, fh in enumerate(handles):
-                        rest = pending[i] + fh.read()
-                        if rest:
-                            for text_line in rest.decode(errors="replace").splitlines(keepends=True):
-                                yield i, text_line
-                    return
-            time.sleep(delay)
-            delay = min(delay * 2, 0.5)
-    finally:
-        for fh in handles:
-            fh.close()
-
-
-# ---------------------------------------------------------------- request checks
-def check_fits(res: Resources, part: PartitionConfig, where: str) -> None:
-    """Refuse a request larger than the partition before anything is submitted."""
-
-    def too_big(what: str, asked: object, have: object, hint: str) -> UsageError:
-        return UsageError(f"{what}: asked for {asked}, but {where} has {have}; {hint}")
-
-    if part.nodes is not None and res.nodes > part.nodes:
-        raise too_big("nodes", res.nodes, f"{part.nodes} node(s)", "ask for fewer nodes")
-    if part.cpus_per_node is not None and res.cpus_per_node > part.cpus_per_node:
-        raise too_big("cpus", f"{res.cpus_per_node} CPUs per node ({res.tasks_per_node} tasks or ranks x "
-                      f"{res.cpus_per_task} cpus)", f"{part.cpus_per_node} per node",
-                      "ask for fewer tasks, ranks (nproc_per_node, ranks) or CPUs per task")
-    if res.accelerators_per_node > part.accelerators_per_node:
-        raise too_big("accelerators", f"{res.accelerators_per_node} per node",
-                      f"{part.accelerators_per_node} per node", "ask for fewer accelerators per node, more nodes")
-    if part.memory_per_node_mb is not None and res.memory_mb is not None and res.memory_mb > part.memory_per_node_mb:
-        raise too_big("memory", f"{res.memory_mb} MiB per node", f"{part.memory_per_node_mb} MiB per node",
-                      "ask for less memory")
-    limit = res.time_limit
-    if part.max_time is not None and limit is not None and limit > part.max_time:
-        raise too_big("time", str(limit), f"a max_time of {part.max_time}", "ask for a shorter --time")

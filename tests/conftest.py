@@ -155,3 +155,48 @@ def two_ranks(out: Path) -> list[dict[str, Any]]:
     assert all(r["WORLD_SIZE"] == "2" and r["LOCAL_WORLD_SIZE"] == "2" and r["sum"] == 3.0 for r in ranks)
     assert ranks[0]["MASTER_PORT"] == ranks[1]["MASTER_PORT"]
     return ranks
+
+
+# ---------------------------------------------------------------- the 3-node Slurm test cluster (multinode.sh)
+SLURM_MULTI_CONF = os.environ.get("SUANLI_TEST_SLURM_MULTI_CONF", "")
+
+
+@pytest.fixture(scope="session")
+def slurm_multi_conf() -> str:
+    """slurm.conf of the 3-node cluster in network namespaces (tests/slurm/multinode.sh)."""
+    if not SLURM_MULTI_CONF or not Path(SLURM_MULTI_CONF).exists():
+        if os.environ.get("CI") == "true":
+            pytest.fail("no 3-node Slurm test cluster (SUANLI_TEST_SLURM_MULTI_CONF): scripts/test.sh starts it; "
+                        "under CI this is a failure, not a skip")
+        pytest.skip("no 3-node Slurm test cluster; run scripts/test.sh -m multinode, which starts one")
+    r = subprocess.run(["scontrol", "ping"], capture_output=True, text=True, timeout=60,
+                       env=dict(os.environ, SLURM_CONF=SLURM_MULTI_CONF))
+    assert r.returncode == 0 and "UP" in r.stdout, r.stdout + r.stderr
+    return SLURM_MULTI_CONF
+
+
+@pytest.fixture
+def slurm_multi(home: Path, slurm_multi_conf: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """A Client whose default cluster is the 3-node test cluster: partitions cpu (3 nodes) and npu (2 nodes)."""
+    cfg = tmp_path / "clusters"
+    cfg.mkdir()
+    (cfg / "multislurm.yaml").write_text(
+        "name: multislurm\nbackend: slurm\ndefault_account: acct-a\n"
+        f"slurm: {{conf: {slurm_multi_conf}, signal_seconds: 10}}\n"
+        "partitions:\n"
+        "  - {name: cpu, adapter: cpu, nodes: 3, cpus_per_node: 2, memory_per_node: 2000M}\n"
+        "  - {name: npu, adapter: ascend, nodes: 2, cpus_per_node: 2, memory_per_node: 2000M,\n"
+        "     accelerators_per_node: 4, max_time: 2h}\n"
+    )
+    (cfg / "settings.yaml").write_text("default_cluster: multislurm\nstatus_poll_max_s: 2\n")
+    monkeypatch.setenv("SUANLI_CONFIG", str(cfg))
+    monkeypatch.setenv("SLURM_CONF", slurm_multi_conf)
+    from suanli.api import Client
+
+    c = Client()
+    yield c
+    open_jobs = [r for r in c.store.query(only_open=True) if r.native_id]
+    if open_jobs:
+        ids = [n for r in open_jobs if r.native_id for n in r.native_id.split(",")]
+        subprocess.run(["scancel", *ids], capture_output=True, timeout=60)
+    c.store.close()

@@ -246,7 +246,7 @@ def test_cli_quota_usage_json_csv_plot(ledger: Ledger, tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     for bad, msg in ((["--cpu-hours", "lots"], "--cpu-hours 'lots' is not a number"),
                      (["--cpu-hours", "-3"], "at least 0"),
-                     (["--accelerator-hours", "tpu:3"], "KIND one of ascend, nvidia"),
+                     (["--accelerator-hours", "tpu:3"], "KIND one of ascend, dcu, nvidia"),
                      (["--start", "tomorrow", "--cpu-hours", "1"], "--start 'tomorrow' is not a date")):
         r = run_cli("quota", "set", "--account", "lab2", *bad)
         assert r.returncode == 2 and msg in r.stderr and "Traceback" not in r.stderr, r.stderr
@@ -332,8 +332,6 @@ def test_postgres_roles_enforce_who_may_change_what(pg_db: str, home: Path) -> N
 
 
 # ---------------------------------------------------------------- Slurm: sync, booking, association limits
-pytestmark_slurm = pytest.mark.slurm
-
 
 def _sacctmgr(slurm_conf: str, *args: str) -> str:
     r = subprocess.run(["sacctmgr", "-i", "-n", "-P", *args], capture_output=True, text=True,
@@ -375,7 +373,14 @@ def test_slurm_sync_is_idempotent_and_survives_a_kill(slurm: Any, slurm_conf: st
     proc = subprocess.Popen([sys.executable, "-m", "suanli", "--config", str(cfg), "accounting", "sync",
                              "--cluster", "testslurm", "--since", "1h", "--all-users"], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
-    time.sleep(0.4)
+    # Killed once it is reading sacct (its sacct child is up), i.e. mid-sync; if it ended first, that is a
+    # finished sync and the totals must match all the same.
+    deadline = time.monotonic() + 60
+    while proc.poll() is None and time.monotonic() < deadline:
+        kids = subprocess.run(["pgrep", "-P", str(proc.pid), "sacct"], capture_output=True).returncode == 0
+        if kids:
+            break
+        time.sleep(0.01)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     r = run_cli("accounting", "sync", "--cluster", "testslurm", "--since", "1h", "--all-users", "--json")
@@ -457,9 +462,9 @@ def test_quota_show_lists_quotas_not_in_force(ledger: Ledger) -> None:
 def test_usage_written_from_another_time_zone_still_counts(ledger: Ledger) -> None:
     """A record's month is its writer's local month; a reader elsewhere must still find it in its window."""
     ledger.set_quota(Quota(account="lab", cpu_hours=100), "admin")
-    t = time.time() - 60
-    lt = time.localtime(t)
-    prev = f"{lt.tm_year - (lt.tm_mon == 1):04d}-{(lt.tm_mon - 2) % 12 + 1:02d}-28"
+    lt = time.localtime()
+    t = time.mktime((lt.tm_year, lt.tm_mon, 1, 1, 0, 0, 0, 0, -1))  # 01:00 on the 1st here, which was
+    prev = time.strftime("%Y-%m-%d", time.localtime(t - 2 * 3600))  # still last month two hours west
     r = rec(1, account="lab", cpu_s=7200.0, end=t)
     r.booked_day = prev  # as if written where it was still last month
     ledger.record([r])

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -111,3 +114,57 @@ def test_this_machine_without_accelerators_trains_on_cpu_with_gloo() -> None:
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == ["cpu", "cpu", "gloo"]
+
+
+def test_hygon_is_registered_and_nvidia_leaves_rocm_torch_alone() -> None:
+    assert "hygon" in adapter_names()
+    a = get_adapter("hygon")
+    assert (a.torch_device, a.torch_backend, a.gres_name, a.accelerator_kind) == ("cuda", "nccl", "dcu", "dcu")
+    assert get_adapter("nvidia").scheduler_sets_devices and not get_adapter("ascend").scheduler_sets_devices
+    assert get_adapter("ascend").ray_resource == "NPU" and get_adapter("nvidia").ray_resource == "num_gpus"
+
+
+THIRD_PARTY = '''
+from suanli.adapters.base import Adapter
+
+class TpuAdapter(Adapter):
+    name = "faketpu"
+    accelerator_kind = "tpu"
+    kind_aliases = ("tensor",)
+    gres_name = "tpu"
+    device_env_var = "TPU_VISIBLE_CHIPS"
+    ray_resource = None  # a kind Ray cannot place
+'''
+
+
+def test_a_third_party_adapter_adds_its_kind_through_the_entry_point_group(tmp_path: Path) -> None:
+    """An installed package that registers an adapter in ``suanli.adapters`` adds an accelerator kind that
+    resources, GRES booking and Ray requests know, with no change to suanli (a real dist-info on sys.path)."""
+    (tmp_path / "faketpu.py").write_text(THIRD_PARTY)
+    info = tmp_path / "faketpu-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: faketpu\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[suanli.adapters]\nfaketpu = faketpu:TpuAdapter\n")
+    code = '''
+import json
+from suanli.adapters import accelerator_kinds, get_adapter
+from suanli.accounting.sacct import parse_usage
+from suanli.errors import UsageError
+from suanli.jobs.resources import Resources
+res = Resources(accelerators="tensor:2")
+lines = ["JobID|State|AllocCPUS|AllocNodes|AllocTRES|ElapsedRaw|CPUTimeRAW|Start|End",
+         "7|COMPLETED|4|1|cpu=4,gres/tpu=2,mem=1G,node=1|100|400|2024-01-01T00:00:00|2024-01-01T00:01:40"]
+(rec,) = parse_usage(lines, "c")
+try:
+    get_adapter("faketpu").ray_resources(res)
+    ray = "accepted"
+except UsageError as exc:
+    ray = str(exc)
+print(json.dumps([accelerator_kinds(), res.accelerator_kind, rec.accelerator_kind, rec.accelerators, ray]))
+'''
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), *sys.path]))
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
+    assert r.returncode == 0, r.stderr
+    kinds, kind, booked, count, ray = json.loads(r.stdout)
+    assert "tpu" in kinds and kind == "tpu" and (booked, count) == ("tpu", 2)
+    assert "Ray has no resource for tpu" in ray

@@ -113,17 +113,20 @@ def test_a_failing_item_keeps_the_other_results(slurm: Any) -> None:
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
 def test_ctrl_c_cancels_the_pilot_jobs(slurm: Any, slurm_conf: str, tmp_path: Path, sig: int) -> None:
+    started = tmp_path / "started"
+    started.mkdir()
     script = tmp_path / "sweep.py"
     script.write_text(textwrap.dedent("""
         import time
         import suanli.api
 
         def slow(x):
+            open("STARTED/" + str(x), "w").close()  # so the test signals once tasks really run
             time.sleep(1.0)
             return x
 
         suanli.api.Client().map(slow, range(200), engine="dask", max_concurrent=2, time="10m")
-    """))
+    """).replace("STARTED", str(started)))
     proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p)))
     try:
@@ -141,7 +144,7 @@ def test_ctrl_c_cancels_the_pilot_jobs(slurm: Any, slurm_conf: str, tmp_path: Pa
             time.sleep(0.3)
         else:
             pytest.fail(f"the pilot jobs did not start within 60 s: {natives}")
-        time.sleep(1.0)  # some tasks running
+        until(lambda: any(started.iterdir()), 60, "a task to start on a pilot", every=0.1)
         proc.send_signal(sig)
         _, err = proc.communicate(timeout=60)
     finally:

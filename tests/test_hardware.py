@@ -137,7 +137,8 @@ def test_cli_hardware_json_and_errors(home: Path) -> None:
     assert r.returncode == 0, r.stderr
     data = json.loads(r.stdout)
     assert data["adapter"] == "ascend"
-    assert set(data["cpu"]) == {"vendor", "model", "implementer", "part", "sockets", "cores", "numa_nodes"}
+    assert set(data["cpu"]) == {"vendor", "model", "implementer", "part", "family", "sockets", "cores",
+                                "numa_nodes"}
     assert data["cpu"]["numa_nodes"][1] == {"id": 1, "cpus": list(range(24, 48))}
     assert data["accelerators"] == [{"kind": "ascend", "model": "910B2", "count": 8, "memory_mb": 65536,
                                      "health": "OK"}]
@@ -159,7 +160,7 @@ def test_this_machine_and_sysroot(home: Path) -> None:
     import os
 
     assert data["cpu"]["cores"] == len(re.findall(r"^processor\s*:", Path("/proc/cpuinfo").read_text(), re.M))
-    assert data["adapter"] in ("cpu", "nvidia", "kunpeng", "phytium", "ascend")
+    assert data["adapter"] in ("cpu", "nvidia", "kunpeng", "phytium", "ascend", "hygon")
     assert os.cpu_count() is not None
     root = run_cli("hardware", "--json", "--sysroot", str(HW / "sysroot-util-linux-arm-A510-A710-A715-X3"))
     assert root.returncode == 0 and json.loads(root.stdout)["cpu"]["implementer"] == "0x41"

@@ -195,7 +195,10 @@ def test_cancel_while_pending_and_time_limit(ray: Any, tmp_path: Path) -> None:
     assert waiting.status() is JobState.CANCELLED
     assert hog.wait(timeout=60) is JobState.TIMEOUT
     assert hog.info().reason == "TimeLimit"
-    time.sleep(3)  # the cancelled job's driver gets the CPUs now, and must not run the command
+    # Ray may still start a job stopped while it waited. Once a later job that needs the same CPUs has run, the
+    # cancelled one had its chance: its driver sees the cancel marker and ends without running the command.
+    later = ray.submit(["true"], cpus_per_task=2, time="5m")
+    assert later.wait(timeout=120) is JobState.COMPLETED
     assert not marker.exists()
 
 

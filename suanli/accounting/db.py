@@ -29,6 +29,12 @@ class LedgerError(SuanliError):
     exit_code = 4
 
 
+class LedgerReadOnly(LedgerError):
+    """A change asked of a ledger on a read-only file system: the user's setup, not a passing fault (exit 2)."""
+
+    exit_code = 2
+
+
 class LedgerPermissionError(SuanliError):
     """The ledger refused this user (in PostgreSQL mode the database enforces who may change what)."""
 
@@ -38,10 +44,16 @@ class LedgerPermissionError(SuanliError):
 SCHEMA_VERSION = 2
 USER_ROLE = "suanli_user"
 
-#: Roll-up tables and the grain each keeps: reports and admission read these, never a scan of the records.
-ROLLUPS = {"usage_monthly": "month", "usage_daily": "day"}
 #: The roll-ups' key columns besides the period (NULL is stored as '' so the key is unique on both engines).
 ROLLUP_KEYS = ("account", "cluster", "user_name", "partition_name", "accelerator_kind")
+#: Roll-up tables, the period each keeps and its keys: reports and admission read these, never a scan of the
+#: records. The narrow daily one serves day reports by account, cluster and kind (a few rows a day, where the
+#: full daily one has a row per user and partition).
+ROLLUPS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "usage_monthly": ("month", ROLLUP_KEYS),
+    "usage_daily": ("day", ROLLUP_KEYS),
+    "usage_daily_accounts": ("day", ("account", "cluster", "accelerator_kind")),
+}
 #: Sums are integers (micro-seconds, micro-units): adding a record and taking it away again is exact, so the
 #: roll-ups never drift from the records however often a record is rewritten.
 ROLLUP_SUMS = {"cpu_us": "cpu_seconds", "accelerator_us": "accelerator_seconds", "charge_u": "charge"}
@@ -54,6 +66,7 @@ def micro(dialect: str, expr: str) -> str:
 # One secondary index only: every index costs a random-position insert per record, and ingest is the hot path
 # (1M records: 200k/s with none, ~30k/s with five). It covers admission (one account's window, by kind) and
 # the report by account and month, and keeps inserts local (a record lands inside its account's month).
+# Version 2 replaces it: reports and admission read roll-ups, and a narrow index finds a window's edge records.
 _TABLES = """
 CREATE TABLE usage_records (
     record_id TEXT PRIMARY KEY,
@@ -113,38 +126,48 @@ CREATE POLICY own_rows ON sync_marks FOR ALL TO {USER_ROLE}
 
 def _rollup_tables(dialect: str) -> str:
     out = []
-    for table, period in ROLLUPS.items():
-        keys = (period, *ROLLUP_KEYS)
-        cols = ", ".join(f"{k} TEXT NOT NULL" for k in keys)
+    for table, (period, keys) in ROLLUPS.items():
+        cols = ", ".join(f"{k} TEXT NOT NULL" for k in (period, *keys))
         sums = ", ".join(f"{s} BIGINT NOT NULL" for s in ROLLUP_SUMS)
         tail = " WITHOUT ROWID" if dialect == "sqlite" else ""
         # The account leads the key: admission reads one account's periods, a report by account walks it in order.
         out.append(f"CREATE TABLE {table} ({cols}, jobs BIGINT NOT NULL, {sums}, "
-                   f"PRIMARY KEY (account, {period}, {', '.join(ROLLUP_KEYS[1:])})){tail};")
+                   f"PRIMARY KEY ({_pk(table)})){tail};")
     return "\n".join(out) + "\n"
 
 
 def _delta_select(dialect: str, table: str, source: str, sign: str) -> str:
     """The roll-up rows of the records in ``source`` (a table, or OLD/NEW in a row trigger), times ``sign``."""
-    period = ROLLUPS[table]
-    keys = ", ".join(f"COALESCE({source}.{k}, '')" for k in (period, *ROLLUP_KEYS))
+    period, cols = ROLLUPS[table]
+    keys = ", ".join(f"COALESCE({source}.{k}, '')" for k in (period, *cols))
     sums = ", ".join(f"{sign}{micro(dialect, f'{source}.{c}')}" for c in ROLLUP_SUMS.values())
     return f"{keys}, {sign}1, {sums}"
 
 
+def _pk(table: str) -> str:
+    period, keys = ROLLUPS[table]
+    return ", ".join(("account", period, *keys[1:]))
+
+
 def _upsert_tail(table: str) -> str:
-    period = ROLLUPS[table]
     adds = ", ".join(f"{c} = {table}.{c} + excluded.{c}" for c in ("jobs", *ROLLUP_SUMS))
-    return f"ON CONFLICT (account, {period}, {', '.join(ROLLUP_KEYS[1:])}) DO UPDATE SET {adds}"
+    return f"ON CONFLICT ({_pk(table)}) DO UPDATE SET {adds}"
 
 
 def _rollup_cols(table: str) -> str:
-    return ", ".join((ROLLUPS[table], *ROLLUP_KEYS, "jobs", *ROLLUP_SUMS))
+    period, keys = ROLLUPS[table]
+    return ", ".join((period, *keys, "jobs", *ROLLUP_SUMS))
+
+
+#: SQLite: a row in this table (written and removed inside one write transaction, so no other connection ever
+#: sees it) tells the row triggers that the batch being written moves the roll-ups itself, set-based.
+BULK_FLAG = "usage_rollup_bulk"
 
 
 def _sqlite_triggers() -> str:
-    """Row triggers: every insert, rewrite and delete of a record moves its roll-ups in the same transaction."""
-    out = []
+    """Row triggers: every insert, rewrite and delete of a record moves its roll-ups in the same transaction
+    (SQLite has no statement triggers; a batch of the ledger's own ingest does the same per group instead)."""
+    out = [f"CREATE TABLE {BULK_FLAG} (on_ INTEGER NOT NULL);"]
     for event, parts in (("INSERT", (("NEW", ""),)), ("UPDATE", (("OLD", "-"), ("NEW", ""))),
                          ("DELETE", (("OLD", "-"),))):
         body = []
@@ -152,16 +175,29 @@ def _sqlite_triggers() -> str:
             for src, sign in parts:
                 body.append(f"    INSERT INTO {table} ({_rollup_cols(table)}) "
                             f"VALUES ({_delta_select('sqlite', table, src, sign)}) {_upsert_tail(table)};")
-        out.append(f"CREATE TRIGGER usage_rollup_{event.lower()} AFTER {event} ON usage_records BEGIN\n"
+        when = f" WHEN NOT EXISTS (SELECT 1 FROM {BULK_FLAG})" if event != "DELETE" else ""
+        out.append(f"CREATE TRIGGER usage_rollup_{event.lower()} AFTER {event} ON usage_records{when} BEGIN\n"
                    + "\n".join(body) + "\nEND;")
     return "\n".join(out) + "\n"
+
+
+def rollup_batch_sql(source: str, sign: str) -> list[str]:
+    """SQLite: move every roll-up by the records of ``source`` (a SELECT of usage_records' columns), grouped:
+    one upsert per roll-up row the batch touches instead of one per record."""
+    out = []
+    for table, (period, cols) in ROLLUPS.items():
+        keys = ", ".join(f"COALESCE({k}, '')" for k in (period, *cols))
+        sums = ", ".join(f"{sign}SUM({micro('sqlite', c)})" for c in ROLLUP_SUMS.values())
+        out.append(f"INSERT INTO {table} ({_rollup_cols(table)}) SELECT {keys}, {sign}COUNT(*), {sums} "
+                   f"FROM ({source}) AS s WHERE true GROUP BY {keys} {_upsert_tail(table)}")
+    return out
 
 
 def _pg_apply(table: str, sources: tuple[tuple[str, str], ...]) -> str:
     """One statement per roll-up for a whole statement's rows (transition tables), in key order so that
     two writers lock roll-up rows in the same order."""
-    period = ROLLUPS[table]
-    keys = (period, *ROLLUP_KEYS)
+    period, cols = ROLLUPS[table]
+    keys = (period, *cols)
     parts = " UNION ALL ".join(f"SELECT {_delta_select('postgresql', table, src, sign)} FROM {src}"
                                for src, sign in sources)
     names = ", ".join(f"d{i}" for i in range(len(keys) + 1 + len(ROLLUP_SUMS)))
@@ -191,12 +227,14 @@ def _pg_triggers() -> str:
 
 def _v2(dialect: str) -> str:
     """Roll-ups per account/user/cluster/partition/accelerator kind and month (and day), built from the records
-    already booked and kept by triggers; the covering index of v1 goes (admission reads the roll-ups now), so
-    an insert costs one primary-key position instead of two."""
-    script = "DROP INDEX usage_by_account;\n" + _rollup_tables(dialect)
-    for table in ROLLUPS:
-        period = ROLLUPS[table]
-        keys = ", ".join(f"COALESCE({k}, '')" for k in (period, *ROLLUP_KEYS))
+    already booked and kept by triggers; the wide covering index of v1 goes (admission reads the roll-ups now)
+    for a narrow one that finds the records near a window's ends."""
+    # (account, day, end_time): admission corrects the roll-ups at its window's ends with the records whose
+    # writer's local day falls across the reader's midnight (another time zone); the index finds just those.
+    script = ("DROP INDEX usage_by_account;\n"
+              "CREATE INDEX usage_by_day_end ON usage_records (account, day, end_time);\n" + _rollup_tables(dialect))
+    for table, (period, cols) in ROLLUPS.items():
+        keys = ", ".join(f"COALESCE({k}, '')" for k in (period, *cols))
         sums = ", ".join(f"SUM({micro(dialect, c)})" for c in ROLLUP_SUMS.values())
         script += (f"INSERT INTO {table} ({_rollup_cols(table)}) SELECT {keys}, COUNT(*), {sums} "
                    f"FROM usage_records GROUP BY {keys};\n")
@@ -240,6 +278,7 @@ class Database:
     def __init__(self, url: str | None, default_path: Path, lock_wait_s: float = 10.0) -> None:
         self.url = url
         self.lock_wait_s = lock_wait_s
+        self.read_only = False  # set when a SQLite ledger is read from a copy (its folder is not writable)
         if url is None or url.startswith("sqlite:"):
             self.dialect = "sqlite"
             if url is not None and not url.startswith("sqlite:///"):
@@ -271,10 +310,15 @@ class Database:
         else:
             self._conn = self._connect_pg()
         self._migrate()
+        if self.read_only:
+            # A copy of a ledger this process cannot write: reports read it, every write is refused (a quota
+            # set here would otherwise "succeed" into memory and be lost).
+            self._conn.execute("PRAGMA query_only = ON")
         return self._conn
 
     def _connect_sqlite(self) -> sqlite3.Connection:
         if self.path.exists() and not os.access(self.path.parent, os.W_OK):
+            self.read_only = True
             return read_only_copy(self.path)  # a read-only SUANLI_HOME: reports read a copy (nothing to write)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -442,6 +486,9 @@ class Database:
         if "not a database" in text or "malformed" in text or "corrupt" in text:
             return LedgerError(f"ledger {self.where}: the file is corrupt or not a SQLite database; move it "
                                "away (a new one is created) or restore a backup")
+        if self.read_only and ("readonly" in text or "read-only" in text):
+            return LedgerReadOnly(f"ledger {self.where}: on a read-only file system; reports work, changes need a "
+                                  "writable SUANLI_HOME (or a PostgreSQL ledger)")
         if "readonly" in text or "unable to open" in text:
             return LedgerError(f"ledger {self.where}: cannot write it ({text}); check its permissions")
         return LedgerError(f"ledger {self.where}: {text}")

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from suanli.accounting.records import UsageRecord, charge_of
-from suanli.adapters import adapter_names, get_adapter
+from suanli.adapters import accelerator_adapters
 
 log = logging.getLogger("suanli")
 
@@ -57,11 +57,12 @@ class ParseStats:
 
 
 def _gres_kinds() -> dict[str, str]:
+    """``gres/<name>`` in AllocTRES -> accelerator kind, from the registered adapters (``npu`` -> ascend,
+    ``gpu`` -> nvidia, and whatever other adapter is registered); the first adapter keeps a name."""
     out: dict[str, str] = {}
-    for name in adapter_names():
-        a = get_adapter(name)
+    for a in accelerator_adapters():
         if a.gres_name and a.accelerator_kind:
-            out[a.gres_name] = a.accelerator_kind
+            out.setdefault(a.gres_name, a.accelerator_kind)
     return out
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib
 
 from suanli.adapters.base import Adapter
@@ -13,6 +14,7 @@ BUILTIN = {
     "phytium": "suanli.adapters.phytium:PhytiumAdapter",
     "ascend": "suanli.adapters.ascend:AscendAdapter",
     "nvidia": "suanli.adapters.nvidia:NvidiaAdapter",
+    "hygon": "suanli.adapters.hygon:HygonAdapter",
 }
 ENTRY_POINT_GROUP = "suanli.adapters"
 
@@ -44,4 +46,30 @@ def get_adapter(name: str) -> Adapter:
     return adapter
 
 
-__all__ = ["Adapter", "adapter_names", "get_adapter", "is_adapter"]
+def accelerator_adapters() -> list[Adapter]:
+    """The registered adapters that offer an accelerator kind, in ``adapter_names()`` order."""
+    return [a for a in map(get_adapter, adapter_names()) if a.accelerator_kind]
+
+
+@functools.lru_cache(maxsize=1)
+def accelerator_aliases() -> dict[str, str]:
+    """Every name a user may write for an accelerator kind -> the kind: each accelerator adapter's kind, name,
+    GRES name and declared aliases (the first adapter to claim a name keeps it). Read once per process: the
+    registered adapters do not change while it runs."""
+    out: dict[str, str] = {}
+    for a in accelerator_adapters():
+        kind = a.accelerator_kind
+        assert kind is not None
+        for alias in (kind, a.name, a.gres_name, *a.kind_aliases):
+            if alias:
+                out.setdefault(alias.lower(), kind)
+    return out
+
+
+def accelerator_kinds() -> list[str]:
+    """The accelerator kinds of the registered adapters (``ascend``, ``nvidia``, ``dcu`` ...)."""
+    return list(dict.fromkeys(accelerator_aliases().values()))
+
+
+__all__ = ["Adapter", "accelerator_adapters", "accelerator_aliases", "accelerator_kinds", "adapter_names",
+           "get_adapter", "is_adapter"]

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import importlib.util
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from suanli.adapters.base import Adapter
-from suanli.jobs.resources import Resources
+
+if TYPE_CHECKING:
+    from suanli.jobs.resources import Resources  # types only: jobs/ asks the adapters for kinds
+
+if TYPE_CHECKING:
+    from suanli.adapters.detect import Accelerator, Cpu
 
 
 class AscendAdapter(Adapter):
@@ -17,6 +22,16 @@ class AscendAdapter(Adapter):
     torch_backend = "hccl"
     description = "Huawei Ascend NPU nodes"
     device_env_var = "ASCEND_RT_VISIBLE_DEVICES"
+    ray_resource = "NPU"  # Ray's built-in Ascend resource
+    probe_commands = (("npu-smi", "info"),)
+
+    def claims_tool_output(self, text: str, cpu: Cpu | None = None) -> bool:
+        return "npu-smi" in text
+
+    def parse_tool_output(self, text: str, source: str, cpu: Cpu | None = None) -> list[Accelerator]:
+        from suanli.adapters.detect import parse_npu_smi
+
+        return parse_npu_smi(text, source)
 
     def setup_lines(self) -> list[str]:
         # CANN's environment (library paths, ASCEND_TOOLKIT_HOME) where the toolkit is installed.

@@ -5,20 +5,34 @@ Adapters hold no scheduler code; backends ask them for what they need and render
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from suanli.errors import UsageError
-from suanli.jobs.resources import Resources
+
+if TYPE_CHECKING:
+    from suanli.adapters.detect import Accelerator, Cpu
+    from suanli.jobs.resources import Resources  # types only: jobs/ asks the adapters for kinds
 
 
 class Adapter:
     """Defaults fit a plain CPU node; subclasses override what their hardware changes."""
 
     name: ClassVar[str] = "cpu"
-    #: The accelerator kind this hardware offers (``ascend`` / ``nvidia``), None for CPU-only nodes.
+    #: The accelerator kind this hardware offers (``ascend`` / ``nvidia`` / ``dcu``), None for CPU-only nodes.
+    #: The registered adapters are the only list of kinds: ``Resources(accelerators="KIND:N")`` accepts these.
     accelerator_kind: ClassVar[str | None] = None
+    #: More names users write for the kind (the adapter's name and GRES name are accepted too).
+    kind_aliases: ClassVar[tuple[str, ...]] = ()
     #: Scheduler-side GRES name of the accelerator (``npu``, ``gpu``).
     gres_name: ClassVar[str | None] = None
+    #: Does Slurm export ``device_env_var`` itself for this GRES? It does for ``gpu`` (CUDA_VISIBLE_DEVICES);
+    #: for other GRES the batch script reads the indices from ``scontrol show job -d`` and exports them.
+    scheduler_sets_devices: ClassVar[bool] = False
+    #: The Ray resource one accelerator is (``num_gpus`` is Ray's GPU count; others are custom resources
+    #: such as Ascend's ``NPU``); None: Ray cannot place this kind.
+    ray_resource: ClassVar[str | None] = None
+    #: Commands whose output :meth:`parse_tool_output` reads (run by ``suanli hardware`` on this machine).
+    probe_commands: ClassVar[tuple[tuple[str, ...], ...]] = ()
     torch_device: ClassVar[str] = "cpu"
     torch_backend: ClassVar[str] = "gloo"
     description: ClassVar[str] = "plain CPU nodes"
@@ -51,12 +65,24 @@ class Adapter:
         """A Ray request for the whole job (Ray has no nodes x per-node accelerators: it is per job)."""
         out: dict[str, float] = {"num_cpus": float(resources.nodes * resources.cpus_per_node)}
         if resources.accelerators_per_node:
-            total = float(resources.nodes * resources.accelerators_per_node)
-            if self.accelerator_kind == "nvidia":
-                out["num_gpus"] = total
-            elif self.accelerator_kind == "ascend":
-                out["NPU"] = total  # Ray's built-in Ascend resource
+            if self.ray_resource is None:
+                raise UsageError(f"accelerators: Ray has no resource for {self.accelerator_kind or 'accelerators'} "
+                                 f"(adapter {self.name}); use a Slurm or local cluster for them")
+            out[self.ray_resource] = float(resources.nodes * resources.accelerators_per_node)
         return out
+
+    # ------------------------------------------------------------ detection (pure: captured outputs in, facts out)
+    def claims_tool_output(self, text: str, cpu: Cpu | None = None) -> bool:
+        """Is ``text`` the output of one of this adapter's tools? Cheap; decides who parses a ``--smi`` file."""
+        return False
+
+    def parse_tool_output(self, text: str, source: str, cpu: Cpu | None = None) -> list[Accelerator]:
+        """The accelerators a claimed tool output lists (UsageError naming ``source`` when it cannot be read)."""
+        raise UsageError(f"{source}: adapter {self.name} reads no tool output")
+
+    def matches_cpu(self, cpu: Cpu) -> bool:
+        """Does a node with this CPU and no accelerators call for this adapter (Kunpeng, Phytium)?"""
+        return False
 
     def mpi_binding(self, launcher: str, ranks_per_node: int, numa_nodes: int | None) -> list[str]:
         """Placement flags for MPI ranks; plain nodes keep the launcher's defaults."""
@@ -77,7 +103,14 @@ class Adapter:
 
 
 class PinnedCpuAdapter(Adapter):
-    """Many-core ARM nodes with several NUMA nodes per socket: keep OpenMP threads on their cores."""
+    """Many-core nodes with several NUMA nodes per socket (Kunpeng, Phytium; Hygon's x86 too): keep OpenMP
+    threads on their cores."""
+
+    #: The ARM implementer id (``CPU implementer`` in /proc/cpuinfo) of the vendor's cores.
+    arm_implementer: ClassVar[str | None] = None
+
+    def matches_cpu(self, cpu: Cpu) -> bool:
+        return self.arm_implementer is not None and cpu.implementer == self.arm_implementer
 
     def environment(self, resources: Resources) -> dict[str, str]:
         env = super().environment(resources)

@@ -3,7 +3,8 @@
 Pure parsers of /proc/cpuinfo, lscpu, sysfs NUMA nodes, ``npu-smi info`` and ``nvidia-smi --query-gpu`` CSV,
 plus :func:`detect`, which reads a live machine, a ``--sysroot`` copy of one, or captured outputs. ARM CPUs are
 recognised by their implementer and part ids; lscpu's names for them changed between versions, so names are
-only a fallback.
+only a fallback. Accelerator tool outputs go to the adapter that claims them (each adapter names its tools and
+parses them, see ``Adapter.parse_tool_output``), and the adapters decide which of them a node calls for.
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ class Cpu:
     model: str | None = None
     implementer: str | None = None  # "0x48"
     part: str | None = None  # "0xd01"
+    family: str | None = None  # x86 ``cpu family`` in hex: "0x18" on Hygon Dhyana
     sockets: int | None = None
     cores: int = 0  # logical CPUs, as lscpu's CPU(s)
     numa_nodes: list[NumaNode] = field(default_factory=list)
@@ -64,7 +66,7 @@ class Cpu:
 
 @dataclass
 class Accelerator:
-    kind: str  # ascend | nvidia
+    kind: str  # an adapter's accelerator_kind: ascend | nvidia | dcu ...
     model: str
     count: int
     memory_mb: int | None
@@ -102,6 +104,11 @@ def _hex(value: str | None) -> int | None:
         return int(value, 16) if value.lower().startswith("0x") else int(value)
     except ValueError:
         return None
+
+
+def _family(value: str | None) -> str | None:
+    """x86 ``cpu family`` (decimal in /proc/cpuinfo and lscpu) as hex, the way vendors document it."""
+    return f"0x{int(value):x}" if value and value.strip().isdigit() else None
 
 
 def _arm_model(impl: int | None, part: int | None) -> str | None:
@@ -144,6 +151,8 @@ def parse_cpuinfo(text: str, source: str = "cpuinfo") -> Cpu:
         vendors = fields.get("vendor_id")
         cpu.vendor = vendors[0] if vendors else None
         cpu.model = names[0] if names else None
+        families = fields.get("cpu family")
+        cpu.family = _family(families[0]) if families else None
         if cpu.model and cpu.model.lower().startswith("phytium"):
             cpu.vendor, cpu.implementer = "Phytium", "0x70"
     ids = set(fields.get("physical id", []))
@@ -194,6 +203,7 @@ def parse_lscpu(text: str, source: str = "lscpu") -> Cpu:
         cpu.model = _arm_model(impl, part) or model_text
     else:
         cpu.vendor, cpu.model = vendor_text, model_text
+        cpu.family = _family(kv.get("CPU family"))
     bios = kv.get("BIOS Model name")
     if bios and cpu.model and bios not in cpu.model and "kunpeng" in bios.lower():
         cpu.model = f"{cpu.model} ({bios})"
@@ -258,10 +268,10 @@ def parse_npu_smi(text: str, source: str = "npu-smi") -> list[Accelerator]:
             pending = None
     if not devices:
         raise UsageError(f"{source}: `npu-smi info` output with no NPU rows that could be read")
-    return _group(devices, "ascend")
+    return group_devices(devices, "ascend")
 
 
-def _group(devices: list[tuple[str, str, int | None]], kind: str) -> list[Accelerator]:
+def group_devices(devices: list[tuple[str, str, int | None]], kind: str) -> list[Accelerator]:
     """One entry per model: count, memory per device (the smallest seen), worst health."""
     out: dict[str, Accelerator] = {}
     for model, health, memory in devices:
@@ -279,7 +289,7 @@ def _group(devices: list[tuple[str, str, int | None]], kind: str) -> list[Accele
 
 
 # ---------------------------------------------------------------- nvidia-smi
-NVIDIA_QUERY = ["nvidia-smi", "--query-gpu=index,name,memory.total", "--format=csv"]
+NVIDIA_QUERY = ["nvidia-smi", "--query-gpu=index,name,memory.total", "--format=csv"]  # as NvidiaAdapter runs it
 
 
 def parse_nvidia_csv(text: str, source: str = "nvidia-smi") -> list[Accelerator]:
@@ -306,20 +316,23 @@ def parse_nvidia_csv(text: str, source: str = "nvidia-smi") -> list[Accelerator]
         devices.append((cells[i_name], "OK", memory))
     if not devices:
         raise UsageError(f"{source}: the CSV has a header but no GPU rows")
-    return _group(devices, "nvidia")
+    return group_devices(devices, "nvidia")
 
 
 # ---------------------------------------------------------------- classification and detection
 def classify(cpu: Cpu, accelerators: list[Accelerator]) -> str:
+    """The adapter a node calls for: the first registered one offering a kind it has, else the first whose CPU
+    it has (Kunpeng, Phytium), else cpu. The adapters say; nothing here knows their names."""
+    from suanli.adapters import adapter_names, get_adapter
+
+    adapters = [get_adapter(n) for n in adapter_names()]
     kinds = {a.kind for a in accelerators}
-    if "ascend" in kinds:
-        return "ascend"
-    if "nvidia" in kinds:
-        return "nvidia"
-    if cpu.implementer == "0x48":
-        return "kunpeng"
-    if cpu.implementer == "0x70":
-        return "phytium"
+    for adapter in adapters:
+        if adapter.accelerator_kind and adapter.accelerator_kind in kinds:
+            return adapter.name
+    for adapter in adapters:
+        if adapter.matches_cpu(cpu):
+            return adapter.name
     return "cpu"
 
 
@@ -341,9 +354,10 @@ def _run(argv: list[str]) -> str | None:
 
 
 def detect(sysroot: str | None = None, lscpu: str | None = None, cpuinfo: str | None = None,
-           npu_smi: str | None = None, nvidia_smi: str | None = None) -> Hardware:
-    """Describe a node. Captured outputs (``lscpu`` ... paths) win; otherwise files under ``sysroot``
-    (``/`` by default); the accelerator tools are run only when probing this machine itself."""
+           npu_smi: str | None = None, nvidia_smi: str | None = None, smi: list[str] | None = None) -> Hardware:
+    """Describe a node. Captured outputs (``lscpu`` ... paths; ``smi``: any accelerator tool's output, given to
+    the adapter that claims it) win; otherwise files under ``sysroot`` (``/`` by default); the adapters' tools
+    are run only when probing this machine itself."""
     root = Path(sysroot or "/")
     if sysroot and not root.is_dir():
         raise UsageError(f"--sysroot {sysroot}: not a folder")
@@ -365,20 +379,46 @@ def detect(sysroot: str | None = None, lscpu: str | None = None, cpuinfo: str | 
         cpu.numa_nodes = read_numa(root) if (sysroot or live) else []
     if not cpu.numa_nodes:
         cpu.numa_nodes = [NumaNode(0, list(range(cpu.cores)))]
-    accelerators: list[Accelerator] = []
-    npu_text = _read(npu_smi, "--npu-smi") if npu_smi else (_run(["npu-smi", "info"]) if live else None)
-    if npu_text:
-        accelerators += parse_npu_smi(npu_text, f"--npu-smi {npu_smi}" if npu_smi else "npu-smi info")
-    gpu_text = _read(nvidia_smi, "--nvidia-smi") if nvidia_smi else (_run(NVIDIA_QUERY) if live else None)
-    if gpu_text:
-        accelerators += parse_nvidia_csv(gpu_text, f"--nvidia-smi {nvidia_smi}" if nvidia_smi else "nvidia-smi")
+    named = [(npu_smi, "--npu-smi", "ascend"), (nvidia_smi, "--nvidia-smi", "nvidia")]
+    accelerators = tool_outputs(cpu, named, smi or [], live)
     return Hardware(adapter=classify(cpu, accelerators), cpu=cpu, accelerators=accelerators,
                     os=read_os(root) if (sysroot or live) else None)
 
 
+def tool_outputs(cpu: Cpu, named: list[tuple[str | None, str, str]], smi: list[str], live: bool) -> list[Accelerator]:
+    """Accelerators from captured tool outputs: ``named`` (path, flag, adapter) for the flags kept for one tool
+    each, ``smi`` for any tool (the first adapter that claims the text parses it); on a live machine, every
+    accelerator adapter's ``probe_commands`` whose output it claims (adapters with a captured output excepted)."""
+    from suanli.adapters import accelerator_adapters, get_adapter
+
+    out: list[Accelerator] = []
+    given: set[str] = set()
+    for path, flag, name in named:
+        if path:
+            out += get_adapter(name).parse_tool_output(_read(path, flag), f"{flag} {path}", cpu)
+            given.add(name)
+    adapters = accelerator_adapters()
+    for path in smi:
+        text = _read(path, "--smi")
+        owner = next((a for a in adapters if a.claims_tool_output(text, cpu)), None)
+        if owner is None:
+            tools = ", ".join(dict.fromkeys(argv[0] for a in adapters for argv in a.probe_commands))
+            raise UsageError(f"--smi {path}: not the output of a tool the adapters read ({tools}); give the text "
+                             "one of them prints")
+        out += owner.parse_tool_output(text, f"--smi {path}", cpu)
+        given.add(owner.name)
+    for adapter in adapters if live else []:
+        for argv in adapter.probe_commands if adapter.name not in given else ():
+            found = _run(list(argv))
+            if found and adapter.claims_tool_output(found, cpu):
+                out += adapter.parse_tool_output(found, " ".join(argv), cpu)
+                break
+    return out
+
+
 def partition_entry(hw: Hardware, name: str | None = None) -> str:
     """A ``partitions:`` item for cluster_configs/ describing one such node."""
-    acc = sum(a.count for a in hw.accelerators if a.kind in ("ascend", "nvidia"))
+    acc = sum(a.count for a in hw.accelerators if a.kind)
     lines = [f"  - name: {name or hw.adapter}", f"    adapter: {hw.adapter}", f"    cpus_per_node: {hw.cpu.cores}"]
     if acc:
         lines.append(f"    accelerators_per_node: {acc}")

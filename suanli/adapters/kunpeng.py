@@ -5,4 +5,5 @@ from suanli.adapters.base import PinnedCpuAdapter
 
 class KunpengAdapter(PinnedCpuAdapter):
     name = "kunpeng"
+    arm_implementer = "0x48"
     description = "Huawei Kunpeng 920/950 ARM CPU nodes"

@@ -82,7 +82,7 @@ def _client(args: argparse.Namespace) -> Client:
 
 
 def _when(text: str | None, flag: str) -> float | None:
-    from suanli.cli.commands import when
+    from suanli.cli.output import when
 
     return None if text is None else when(text, flag)
 
@@ -224,7 +224,7 @@ def _quota_set(args: argparse.Namespace) -> int:
 
 
 def _login() -> str:
-    from suanli.api import current_user
+    from suanli.compute.base import current_user
 
     return current_user()
 

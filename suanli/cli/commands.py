@@ -5,11 +5,10 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from suanli.cli.output import duration, local_time, print_json, short, table
+from suanli.cli.output import duration, local_time, print_json, short, table, when
 from suanli.errors import UsageError
 
 if TYPE_CHECKING:
@@ -36,7 +35,7 @@ def _parse_env(pairs: list[str]) -> dict[str, str]:
 
 
 def _spec_from_args(args: argparse.Namespace) -> Any:
-    from suanli.api import build_spec
+    from suanli.jobs.build import build_spec
     from suanli.jobs.spec import Command, JobSpec
 
     command = list(args.command)  # main._split_submit took the spec file and any -- off
@@ -158,23 +157,6 @@ def _combined(infos: list[JobInfo]) -> JobInfo:
 
 
 # ---------------------------------------------------------------- status
-def when(text: str, flag: str = "--since") -> float:
-    """A point in time from the command line: an ISO 8601 date or time (no zone: local time, as in sacct) or
-    a duration ago (12h, 7d). One parser for status, usage and accounting sync."""
-    from suanli.jobs.resources import parse_time
-
-    try:
-        return datetime.fromisoformat(text).timestamp()
-    except ValueError:
-        pass
-    try:
-        delta = parse_time(text, flag)
-    except UsageError:
-        delta = None
-    if delta is None:
-        raise UsageError(f"{flag}: {text!r} is not an ISO 8601 date or time (2026-11-01, 2026-11-01T08:00, "
-                         "2026-11-01T08:00+08:00) nor a duration ago (12h, 7d)")
-    return time.time() - delta.total_seconds()
 
 
 def _resolve(client: Client, ids: list[str]) -> list[tuple[JobRow, int | None]]:
@@ -275,7 +257,7 @@ def _print_logs(client: Client, job_id: str, task: int | None, stream: str) -> N
 def _follow(client: Client, job_id: str, task: int | None, stream: str = "both", to_stderr: bool = False) -> None:
     """Print a job's output as it is written until the job ends; an array's tasks all at once, each line
     prefixed with ``[TASK] ``."""
-    from suanli.api import follow_files
+    from suanli.compute.logs import follow_files
 
     tasks: list[int | None] = [task]
     if task is None:
@@ -389,7 +371,7 @@ def cmd_hardware(args: argparse.Namespace) -> int:
     from suanli.adapters.detect import detect, partition_entry
 
     hw = detect(sysroot=args.sysroot, lscpu=args.lscpu, cpuinfo=args.cpuinfo, npu_smi=args.npu_smi,
-                nvidia_smi=args.nvidia_smi)
+                nvidia_smi=args.nvidia_smi, smi=args.smi)
     if args.partition_entry:
         sys.stdout.write(partition_entry(hw, args.partition_entry))
         return 0
@@ -398,6 +380,7 @@ def cmd_hardware(args: argparse.Namespace) -> int:
         return 0
     c = hw.cpu
     ids = f" (implementer {c.implementer}, part {c.part})" if c.implementer else ""
+    ids = ids or (f" (family {c.family})" if c.family else "")
     lines = [
         f"adapter:      {hw.adapter}",
         f"cpu:          {c.vendor or '?'} {c.model or '?'}{ids}",
@@ -420,40 +403,3 @@ def _cpulist(cpus: list[int]) -> str:
     from suanli.jobs.spec import compact_ranges
 
     return compact_ranges(cpus) or "-"
-
-
-# ---------------------------------------------------------------- completion
-def cmd_completion(args: argparse.Namespace) -> int:
-    from suanli.cli.main import build_parser
-
-    parser = build_parser()
-    verbs: dict[str, list[str]] = {}
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            for name, sub in action.choices.items():
-                verbs[name] = sorted(o for a in sub._actions for o in a.option_strings if o.startswith("--"))
-    cases = "\n".join(f'        {v}) opts="{" ".join(o)}" ;;' for v, o in verbs.items())
-    bash = f"""# suanli {args.shell} completion: eval "$(suanli completion {args.shell})"
-_suanli() {{
-    local cur verb opts
-    cur="${{COMP_WORDS[COMP_CWORD]}}"
-    verb="${{COMP_WORDS[1]}}"
-    if [ "$COMP_CWORD" -eq 1 ]; then
-        COMPREPLY=($(compgen -W "{" ".join(verbs)} --help --version --config --debug" -- "$cur"))
-        return
-    fi
-    case "$verb" in
-{cases}
-        *) opts="" ;;
-    esac
-    if [[ "$cur" == -* ]]; then
-        COMPREPLY=($(compgen -W "$opts" -- "$cur"))
-    else
-        COMPREPLY=($(compgen -f -- "$cur"))
-    fi
-}}
-"""
-    if args.shell == "zsh":
-        bash = "autoload -U +X bashcompinit && bashcompinit\n" + bash
-    sys.stdout.write(bash + "complete -F _suanli suanli\n")
-    return 0

@@ -1,18 +1,40 @@
-"""The ``suanli`` command. Parsing is kept import-light: verbs import the rest of suanli only when they run."""
+"""The ``suanli`` command. Parsing is kept import-light: verbs import the rest of suanli only when they run,
+and only the verb being run gets its parser built (`suanli --help` lists the verbs from a table)."""
 
 from __future__ import annotations
 
 import argparse
-import logging
+import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import NoReturn
 
 from suanli.errors import SuanliError
 
-VERBS = ("submit", "status", "logs", "cancel", "wait", "clusters", "hardware", "usage", "quota", "accounting",
-         "ray", "completion")
+TYPE_CHECKING = False  # `typing` itself is more than `suanli --help` needs at run time
+if TYPE_CHECKING:
+    from typing import Any, NoReturn
+
+    #: Adds one verb's parser (some add several) to the verbs' subparsers, with the common options as parent.
+    Builder = Callable[[Any, argparse.ArgumentParser], None]
+
+#: Each verb's one-line help, in the order `suanli --help` lists them. The verb's own parser is built only
+#: when it runs (tests/test_architecture.py checks this table against the full parsers).
+VERB_HELP = {
+    "submit": "submit a command or a JOB.yaml spec",
+    "status": "list jobs and their states",
+    "logs": "print a job's output",
+    "cancel": "cancel jobs",
+    "wait": "wait for jobs; exit 1 unless all completed",
+    "clusters": "list configured clusters and partitions",
+    "hardware": "detect a node's CPU, NUMA layout and accelerators",
+    "usage": "compute usage from the ledger (core-hours, charge)",
+    "quota": "set, show, remove and apply quotas",
+    "accounting": "feed the ledger (accounting sync)",
+    "ray": "start or stop a Ray head on this machine",
+    "completion": "print a shell completion script",
+}
+VERBS = tuple(VERB_HELP)
 
 EXIT_CODES = """exit codes: 0 success; 1 a waited job did not complete (its own code is printed; submit --exit-code
 returns it instead); 2 usage or validation error (nothing reached a backend); 3 refused by a quota; 4 the backend
@@ -20,8 +42,40 @@ refused or could not be reached"""
 SPEC_SUFFIXES = (".yaml", ".yml")
 
 
+def _columns() -> int:
+    """The terminal width as shutil.get_terminal_size() finds it ($COLUMNS, else the terminal, else 80),
+    without importing shutil (and the archive modules it loads): argparse asks for the width on every
+    add_argument, and the import costs a tenth of `suanli --help`."""
+    try:
+        columns = int(os.environ["COLUMNS"])
+    except (KeyError, ValueError):
+        columns = 0
+    if columns <= 0 and sys.__stdout__ is not None:
+        try:
+            columns = os.get_terminal_size(sys.__stdout__.fileno()).columns
+        except (AttributeError, ValueError, OSError):
+            columns = 0
+    return columns or 80
+
+
+class _Help(argparse.HelpFormatter):
+    """argparse's formatter, sized by :func:`_columns` as argparse sizes it by shutil."""
+
+    def __init__(self, prog: str, indent_increment: int = 2, max_help_position: int = 24,
+                 width: int | None = None) -> None:
+        super().__init__(prog, indent_increment, max_help_position, _columns() - 2 if width is None else width)
+
+
+class _RawDescriptionHelp(argparse.RawDescriptionHelpFormatter, _Help):
+    """The top level's formatter: its epilog keeps its line breaks."""
+
+
 class SuanliParser(argparse.ArgumentParser):
     """argparse with one-line errors: the problem and where to look, not a page of usage."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _Help)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
@@ -65,22 +119,27 @@ def _add_submit_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD ARGS | JOB.yaml")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    common = _common()
+def _top(common: SuanliParser, verbs_action: type[argparse.Action] | None = None) -> tuple[SuanliParser, Any]:
+    """The top-level parser and its verbs' subparsers action."""
     parser = SuanliParser(
         prog="suanli", parents=[common],
         description="One job API for Slurm partitions, Ray clusters and this machine.",
-        epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=EXIT_CODES, formatter_class=_RawDescriptionHelp,
     )
     parser.add_argument("--version", action="version", version="suanli 0.1.0")
-    sub = parser.add_subparsers(dest="verb", metavar="VERB")
+    sub = parser.add_subparsers(dest="verb", metavar="VERB", action=verbs_action or argparse._SubParsersAction)
+    return parser, sub
 
-    p = sub.add_parser("submit", parents=[common], help="submit a command or a JOB.yaml spec",
+
+def _submit(sub: Any, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser("submit", parents=[common], help=VERB_HELP["submit"],
                        description="Submit `-- CMD ARGS...` (run as an argv list, never through a shell) or a "
                                    "job spec file JOB.yaml; flags override the file.")
     _add_submit_args(p)
 
-    p = sub.add_parser("status", parents=[common], help="list jobs and their states")
+
+def _status(sub: Any, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser("status", parents=[common], help=VERB_HELP["status"])
     p.add_argument("jobs", nargs="*", metavar="JOB")
     p.add_argument("--cluster", "-c")
     p.add_argument("--all", "-a", action="store_true", help="every job in the registry")
@@ -88,24 +147,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--since", help="submitted since: an ISO date/time or a duration ago (2h, 1d)")
     p.add_argument("--json", action="store_true")
 
-    p = sub.add_parser("logs", parents=[common], help="print a job's output")
+
+def _logs(sub: Any, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser("logs", parents=[common], help=VERB_HELP["logs"])
     p.add_argument("job", metavar="JOB", help="JOB, or JOB_7 for array task 7")
     p.add_argument("--follow", "-f", action="store_true", help="keep printing until the job ends")
     p.add_argument("--stream", choices=("both", "stdout", "stderr"), default="both")
 
-    p = sub.add_parser("cancel", parents=[common], help="cancel jobs")
+
+def _cancel(sub: Any, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser("cancel", parents=[common], help=VERB_HELP["cancel"])
     p.add_argument("jobs", nargs="+", metavar="JOB")
     p.add_argument("--json", action="store_true")
 
-    p = sub.add_parser("wait", parents=[common], help="wait for jobs; exit 1 unless all completed")
+
+def _wait(sub: Any, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser("wait", parents=[common], help=VERB_HELP["wait"])
     p.add_argument("jobs", nargs="+", metavar="JOB")
     p.add_argument("--timeout", type=float, metavar="S")
     p.add_argument("--json", action="store_true")
 
-    p = sub.add_parser("clusters", parents=[common], help="list configured clusters and partitions")
+
+def _clusters(sub: Any, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser("clusters", parents=[common], help=VERB_HELP["clusters"])
     p.add_argument("--json", action="store_true")
 
-    p = sub.add_parser("hardware", parents=[common], help="detect a node's CPU, NUMA layout and accelerators",
+
+def _hardware(sub: Any, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser("hardware", parents=[common], help=VERB_HELP["hardware"],
                        description="Probe this machine, a --sysroot copy of one, or captured outputs "
                                    "(srun lscpu > node.txt), and say which adapter applies.")
     p.add_argument("--sysroot", metavar="DIR", help="read proc/, sys/ and etc/ under DIR (like lscpu --sysroot)")
@@ -114,21 +183,82 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--npu-smi", metavar="FILE", dest="npu_smi", help="captured `npu-smi info` output")
     p.add_argument("--nvidia-smi", metavar="FILE", dest="nvidia_smi",
                    help="captured `nvidia-smi --query-gpu=index,name,memory.total --format=csv` output")
+    p.add_argument("--smi", metavar="FILE", action="append",
+                   help="captured output of any accelerator tool an adapter reads (npu-smi info, nvidia-smi CSV, "
+                        "hy-smi ...); repeatable")
     p.add_argument("--partition-entry", metavar="NAME", help="print a cluster_configs/ partition item instead")
     p.add_argument("--json", action="store_true")
 
-    from suanli.cli import accounting_cmd, ray_cmd
+
+def _accounting(sub: Any, common: argparse.ArgumentParser) -> None:
+    """usage, quota and accounting (one register call adds all three)."""
+    from suanli.cli import accounting_cmd
 
     accounting_cmd.register(sub, common)
+
+
+def _ray(sub: Any, common: argparse.ArgumentParser) -> None:
+    from suanli.cli import ray_cmd
+
     ray_cmd.register(sub, common)
 
-    p = sub.add_parser("completion", parents=[common], help="print a shell completion script")
+
+def _completion(sub: Any, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser("completion", parents=[common], help=VERB_HELP["completion"])
     p.add_argument("shell", choices=("bash", "zsh"))
+
+
+BUILDERS: dict[str, Builder] = {
+    "submit": _submit, "status": _status, "logs": _logs, "cancel": _cancel, "wait": _wait, "clusters": _clusters,
+    "hardware": _hardware, "usage": _accounting, "quota": _accounting, "accounting": _accounting, "ray": _ray,
+    "completion": _completion,
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Every verb's parser, fully built: shell completion reads all their options."""
+    common = _common()
+    parser, sub = _top(common)
+    for verb in VERBS:
+        if verb not in sub.choices:
+            BUILDERS[verb](sub, common)
+    return parser
+
+
+class _Verbs(argparse._SubParsersAction):  # type: ignore[type-arg]
+    """The verbs, each with its help line at once (for `suanli --help`) but its parser built only when the verb
+    is parsed: building every verb's parser, and importing the modules that define some, costs more than the
+    rest of a `suanli --help`."""
+
+    common: SuanliParser
+
+    def add_verb(self, name: str, help: str) -> None:
+        self._choices_actions.append(self._ChoicesPseudoAction(name, (), help))
+        self._name_parser_map[name] = None  # type: ignore[assignment]  # built in __call__
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        name = values[0]
+        if self._name_parser_map.get(name) is None:
+            holder = argparse._SubParsersAction(option_strings=[], prog=self._prog_prefix, dest=argparse.SUPPRESS,
+                                                parser_class=SuanliParser)
+            BUILDERS[name](holder, self.common)
+            self._name_parser_map[name] = holder.choices[name]
+        super().__call__(parser, namespace, values, option_string)
+
+
+def run_parser() -> argparse.ArgumentParser:
+    """The parser `main` uses: the same top level, but only the verb given gets its parser built."""
+    common = _common()
+    parser, sub = _top(common, _Verbs)
+    sub.common = common
+    for verb, text in VERB_HELP.items():
+        sub.add_verb(verb, text)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    parser = run_parser()
     args = parser.parse_args(argv)
     if args.verb == "submit":
         try:
@@ -136,23 +266,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         except SuanliError as exc:
             print(f"suanli: error: {exc}", file=sys.stderr)
             return exc.exit_code
+    import logging  # not before: `suanli --help` needs none of it
+
     debug = getattr(args, "debug", False)
     logging.basicConfig(format="suanli: warning: %(message)s", level=logging.DEBUG if debug else logging.WARNING)
     if args.verb is None:
         parser.print_help()
         return 2
-    from suanli.cli import commands
-
-    if args.verb in ("usage", "quota", "accounting"):
-        from suanli.cli import accounting_cmd
-
-        handler = getattr(accounting_cmd, "cmd_" + args.verb)
-    elif args.verb == "ray":
-        from suanli.cli import ray_cmd
-
-        handler = ray_cmd.cmd_ray
-    else:
-        handler = getattr(commands, "cmd_" + args.verb)
+    handler = _handler(args.verb)
     try:
         code: int = handler(args)
         return code
@@ -179,6 +300,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"suanli: internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)",
               file=sys.stderr)
         return 1
+
+
+def _handler(verb: str) -> Callable[[argparse.Namespace], int]:
+    """The function that runs a verb, from the one module that defines it."""
+    if verb in ("usage", "quota", "accounting"):
+        from suanli.cli import accounting_cmd
+
+        return getattr(accounting_cmd, "cmd_" + verb)  # type: ignore[no-any-return]
+    if verb == "ray":
+        from suanli.cli import ray_cmd
+
+        return ray_cmd.cmd_ray
+    if verb == "completion":
+        return cmd_completion  # built here: it needs every verb's parser (commands must not import main)
+    from suanli.cli import commands
+
+    return getattr(commands, "cmd_" + verb)  # type: ignore[no-any-return]
 
 
 def _split_submit(args: argparse.Namespace) -> None:
@@ -226,3 +364,38 @@ def _merge_flags(args: argparse.Namespace, tail: list[str]) -> None:
             setattr(args, key, [*getattr(args, key, []), *value])
         elif value is not None and value is not False:
             setattr(args, key, value)
+
+
+# ---------------------------------------------------------------- completion
+def cmd_completion(args: argparse.Namespace) -> int:
+    parser = build_parser()
+    verbs: dict[str, list[str]] = {}
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                verbs[name] = sorted(o for a in sub._actions for o in a.option_strings if o.startswith("--"))
+    cases = "\n".join(f'        {v}) opts="{" ".join(o)}" ;;' for v, o in verbs.items())
+    bash = f"""# suanli {args.shell} completion: eval "$(suanli completion {args.shell})"
+_suanli() {{
+    local cur verb opts
+    cur="${{COMP_WORDS[COMP_CWORD]}}"
+    verb="${{COMP_WORDS[1]}}"
+    if [ "$COMP_CWORD" -eq 1 ]; then
+        COMPREPLY=($(compgen -W "{" ".join(verbs)} --help --version --config --debug" -- "$cur"))
+        return
+    fi
+    case "$verb" in
+{cases}
+        *) opts="" ;;
+    esac
+    if [[ "$cur" == -* ]]; then
+        COMPREPLY=($(compgen -W "$opts" -- "$cur"))
+    else
+        COMPREPLY=($(compgen -f -- "$cur"))
+    fi
+}}
+"""
+    if args.shell == "zsh":
+        bash = "autoload -U +X bashcompinit && bashcompinit\n" + bash
+    sys.stdout.write(bash + "complete -F _suanli suanli\n")
+    return 0

@@ -9,6 +9,8 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from suanli.errors import UsageError
+
 
 def print_json(data: Any) -> None:
     """Indented for a terminal; compact for a pipe (json's C encoder only runs without indent: 3x faster)."""
@@ -23,6 +25,8 @@ _UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u200b-\u200f\u2028\u2029\u202a-\u202e\
 
 def clean(text: str) -> str:
     """Text safe to print on a terminal: line breaks and tabs become spaces, other controls ``?``."""
+    if text.isprintable():  # every character _UNSAFE matches is non-printable: the common case costs one C call
+        return text
     return _UNSAFE.sub(lambda m: " " if m.group() in "\n\r\t" else "?", text)
 
 
@@ -37,14 +41,14 @@ def csv_cell(value: object) -> object:
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    cells = [[clean("" if c is None else str(c)) for c in r] for r in rows]
-    widths = [len(h) for h in headers]
-    for r in cells:
-        for i, c in enumerate(r):
-            widths[i] = max(widths[i], len(c))
-    lines = ["  ".join(h.ljust(widths[i]) for i, h in enumerate(headers)).rstrip()]
-    for r in cells:
-        lines.append("  ".join(c.ljust(widths[i]) for i, c in enumerate(r)).rstrip())
+    """Columns padded to their widest cell; linear in cells, with the per-cell work kept to C calls (a
+    10,000-task ``status ARRAY_ID`` prints 110,000 cells)."""
+    cells = [[c if type(c) is str and c.isprintable() else clean("" if c is None else str(c)) for c in r]
+             for r in rows]
+    widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(headers)]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    lines = [fmt.format(*headers).rstrip()]
+    lines += [fmt.format(*r).rstrip() for r in cells]
     return "\n".join(lines) + "\n"
 
 
@@ -61,7 +65,13 @@ def duration(seconds: float | None) -> str:
 def local_time(ts: float | None) -> str:
     if ts is None:
         return ""
-    return time.strftime("%m-%d %H:%M:%S", time.localtime(ts))
+    text = _LOCAL_TIMES.get(ts)
+    if text is None:  # the tasks of an array share one submit time: format it once
+        text = _LOCAL_TIMES[ts] = time.strftime("%m-%d %H:%M:%S", time.localtime(ts))
+    return text
+
+
+_LOCAL_TIMES: dict[float, str] = {}
 
 
 def short(text: str | None, width: int = 24) -> str:
@@ -69,3 +79,23 @@ def short(text: str | None, width: int = 24) -> str:
         return ""
     text = clean(text)
     return text if len(text) <= width else text[: width - 1] + "…"
+
+def when(text: str, flag: str = "--since") -> float:
+    """A point in time from the command line: an ISO 8601 date or time (no zone: local time, as in sacct) or
+    a duration ago (12h, 7d). One parser for status, usage and accounting sync."""
+    from datetime import datetime
+
+    from suanli.jobs.resources import parse_time
+
+    try:
+        return datetime.fromisoformat(text).timestamp()
+    except ValueError:
+        pass
+    try:
+        delta = parse_time(text, flag)
+    except UsageError:
+        delta = None
+    if delta is None:
+        raise UsageError(f"{flag}: {text!r} is not an ISO 8601 date or time (2026-11-01, 2026-11-01T08:00, "
+                         "2026-11-01T08:00+08:00) nor a duration ago (12h, 7d)")
+    return time.time() - delta.total_seconds()

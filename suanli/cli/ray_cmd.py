@@ -73,14 +73,24 @@ def _state_file(cluster: str) -> Path:
     return home() / "ray" / f"{cluster}.json"
 
 
-def _resources(cfg: Any, partition: str | None, extra: str | None) -> dict[str, float]:
-    """Custom resources of the head: an ascend partition's NPUs per node (Ray's built-in NPU resource)."""
+def _accelerators(cfg: Any, partition: str | None) -> tuple[str | None, float]:
+    """The Ray resource the partition's adapter names for its accelerators (``num_gpus``, ``NPU`` ...) and how
+    many a node has; (None, 0) for CPU partitions."""
     from suanli.adapters import get_adapter
 
     part = cfg.partition(partition)
+    if not part.accelerators_per_node:
+        return None, 0.0
+    return get_adapter(part.adapter).ray_resource, float(part.accelerators_per_node)
+
+
+def _resources(cfg: Any, partition: str | None, extra: str | None) -> dict[str, float]:
+    """Custom resources of the head: the partition's accelerators per node when its adapter names a custom Ray
+    resource (Ascend: Ray's built-in ``NPU``); ``num_gpus`` goes to ``--num-gpus`` instead (see _up)."""
+    name, count = _accelerators(cfg, partition)
     out: dict[str, float] = {}
-    if part.accelerators_per_node and get_adapter(part.adapter).accelerator_kind == "ascend":
-        out["NPU"] = float(part.accelerators_per_node)
+    if name and name != "num_gpus":
+        out[name] = count
     if extra:
         try:
             more = json.loads(extra)
@@ -119,7 +129,11 @@ def _up(args: argparse.Namespace) -> int:
         if value is not None and value < 0:
             raise UsageError(f"--{name.replace('_', '-')}: {value} must not be negative")
     temp = args.temp_dir or f"/tmp/suanli-ray-{cfg.name}"
-    opts = rc.HeadOptions(port=args.port, dashboard_port=dash, num_cpus=args.num_cpus, num_gpus=args.num_gpus,
+    num_gpus = args.num_gpus
+    if num_gpus is None:
+        resource, count = _accelerators(cfg, args.partition)
+        num_gpus = int(count) if resource == "num_gpus" else None
+    opts = rc.HeadOptions(port=args.port, dashboard_port=dash, num_cpus=args.num_cpus, num_gpus=num_gpus,
                           resources=_resources(cfg, args.partition, args.resources),
                           object_store_bytes=store_mb * 1024 * 1024, temp_dir=os.path.abspath(temp),
                           client_port=args.client_port)

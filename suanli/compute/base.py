@@ -4,18 +4,41 @@ reports the state of many jobs in one call, cancels, and says where logs are."""
 from __future__ import annotations
 
 import json
+import os
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, NoReturn
 
-from suanli.adapters import Adapter
-from suanli.compute.config import ClusterConfig, PartitionConfig
-from suanli.jobs.spec import JobSpec
 from suanli.jobs.state import JobState
 
+if TYPE_CHECKING:  # types only: config validates backend names through the registry, which loads backends
+    from suanli.adapters import Adapter
+    from suanli.compute.config import ClusterConfig, PartitionConfig
+    from suanli.jobs.spec import JobSpec
+
+def current_user() -> str:
+    """The login name as getpass.getuser() finds it ($LOGNAME, $USER, $LNAME, $USERNAME, then the password
+    database), without importing getpass; the uid when nothing names it."""
+    for var in ("LOGNAME", "USER", "LNAME", "USERNAME"):
+        name = os.environ.get(var)
+        if name:
+            return name
+    try:
+        import pwd
+
+        return pwd.getpwuid(os.getuid()).pw_name
+    except (ImportError, KeyError, OSError):
+        return str(os.getuid())
+
+
 TaskKey = tuple[str, int | None]  # (suanli job id, array task or None)
+#: Where the usage of a backend's ended jobs comes from: ``registry`` (the start and end times status_many
+#: reported, times what suanli allocated at submission) or ``sacct`` (Slurm's accounting database).
+UsageSource = Literal["registry", "sacct"]
+#: Raises a one-line ``file:line: section.key: message`` error; the path is relative to the backend's section.
+ConfigFail = Callable[[tuple[str | int, ...], str], NoReturn]
 
 
 @dataclass(frozen=True)
@@ -140,6 +163,30 @@ class Backend(ABC):
     #: First and largest status polling interval while waiting (the settings can lower the ceiling).
     poll_initial_s: ClassVar[float] = 1.0
     poll_max_s: ClassVar[float] = 30.0
+    #: How ended jobs are booked in the ledger (see ``UsageSource``); the registry suits any backend whose
+    #: status_many reports start and end times, so only a backend with its own accounting changes it.
+    usage_source: ClassVar[UsageSource] = "registry"
+    #: The keys of this backend's section in a cluster config (``<backend>: {key: value}``) and the type of
+    #: each value; ``config_section`` checks them. The validated section is ``ClusterConfig.options``.
+    options: ClassVar[Mapping[str, type | tuple[type, ...]]] = {}
+
+    @classmethod
+    def config_section(cls, values: Mapping[str, Any], fail: ConfigFail) -> Mapping[str, Any]:
+        """Validate this backend's config section (``{}`` when the file has none) and return what the backend
+        reads later. The default checks ``options``: unknown keys and values of the wrong type are refused
+        through ``fail``, which names the file and line. Override it for more (required keys, ranges, paths)."""
+        allowed = ", ".join(cls.options) or "none"
+        for key, value in values.items():
+            want = cls.options.get(str(key))
+            if want is None:
+                fail((str(key),), f"unknown key {key!r}; allowed keys: {allowed}")
+            kinds = want if isinstance(want, tuple) else (want,)
+            if float in kinds:
+                kinds = (*kinds, int)  # YAML reads 5 as an int where a number of seconds is meant
+            if (isinstance(value, bool) and bool not in kinds) or not isinstance(value, kinds):
+                names = " or ".join(k.__name__ for k in kinds)
+                fail((str(key),), f"{value!r} is not a {names}")
+        return dict(values)
 
     def __init__(self, cluster: ClusterConfig) -> None:
         self.cluster = cluster

@@ -9,13 +9,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 from suanli.adapters import adapter_names, is_adapter
-from suanli.errors import ConfigError, UsageError
+from suanli.errors import ConfigError, SuanliError, UsageError
 from suanli.jobs.resources import parse_memory, parse_time
 from suanli.jobs.spec import MAX_ARRAY_TASKS
-from suanli.yamlsrc import Path_, Source, load_yaml
+from suanli.yamlfile import Path_, Source, load_yaml
 
 log = logging.getLogger("suanli")
 
@@ -35,11 +35,11 @@ DEFAULT_MAX_ARRAY_SIZE = 100_000
 HARD_MAX_ARRAY_SIZE = MAX_ARRAY_TASKS
 PARTITION_KEYS = (
     "name", "adapter", "nodes", "cpus_per_node", "accelerators_per_node", "memory_per_node", "numa_nodes",
-    "default_time", "max_time", "qos", "constraint", "mpi_launcher", "setup", "charge",
+    "default_time", "max_time", "qos", "constraint", "mpi_launcher", "setup", "charge", "network_interface",
 )
 CHARGE_KEYS = ("cpu_hour", "accelerator_hour")
 BACKEND_SECTION_KEYS: dict[str, tuple[str, ...]] = {
-    "slurm": ("conf", "signal_seconds", "job_root", "max_array_size"),
+    "slurm": ("conf", "signal_seconds", "job_root", "max_array_size", "submit_rate"),
     "ray": ("address", "job_root", "python"),
 }
 SETTINGS_KEYS = ("ledger", "on_ledger_error", "status_poll_max_s", "default_cluster")
@@ -69,6 +69,8 @@ class PartitionConfig:
     mpi_launcher: str | None = None
     setup: tuple[str, ...] = ()
     charge: Charge = field(default_factory=Charge)
+    #: The interface the nodes share (GLOO_SOCKET_IFNAME/NCCL_SOCKET_IFNAME of Training jobs); None: detected.
+    network_interface: str | None = None
 
     @property
     def accelerator_kind(self) -> str | None:
@@ -106,6 +108,9 @@ class ClusterConfig:
     slurm: Mapping[str, Any] = field(default_factory=dict)
     ray: Mapping[str, Any] = field(default_factory=dict)
     source: str = "<built-in>"
+    #: The validated section named after the backend (``slurm``, ``ray`` or a plug-in backend's own, checked
+    #: by its ``Backend.config_section``); what a plug-in backend reads its settings from.
+    options: Mapping[str, Any] = field(default_factory=dict)
     #: The most tasks of one array job; None: the backend's default (see ``Client.array_cap``).
     max_array_size: int | None = None
 
@@ -238,14 +243,14 @@ def _lines(src: Source) -> Callable[[Any, Path_], tuple[str, ...]]:
 
 # ---------------------------------------------------------------- parsing
 def parse_cluster(src: Source) -> ClusterConfig:
-    data = _mapping(src, src.data, (), CLUSTER_KEYS, "cluster")
+    data = _mapping(src, src.data, (), CLUSTER_KEYS + _plugin_section(src), "cluster")
     for required in ("name", "backend"):
         if required not in data:
             src.fail((), f"missing required key {required!r}")
     name = _name(src)(data["name"], ("name",))
     backend = _str(src)(data["backend"], ("backend",))
     if backend not in BACKENDS:
-        from suanli.compute.registry import backend_names
+        from suanli.compute.backends import backend_names
 
         if backend not in backend_names():
             src.fail(("backend",), f"{backend!r} is not a backend; use one of: {', '.join(backend_names())} "
@@ -272,8 +277,11 @@ def parse_cluster(src: Source) -> ClusterConfig:
     for key in ("signal_seconds", "max_array_size"):
         if key in sections["slurm"]:
             _int(src, 1)(sections["slurm"][key], ("slurm", key))
+    if "submit_rate" in sections["slurm"]:
+        _submit_rate(src)(sections["slurm"]["submit_rate"], ("slurm", "submit_rate"))
     if backend == "ray" and not sections["ray"].get("address"):
         src.fail(("ray",), "a ray cluster needs ray.address (the dashboard URL, such as http://127.0.0.1:8265)")
+    options = sections.get(backend) or ({} if backend in BACKENDS else _plugin_options(src, backend, data))
     return ClusterConfig(
         name=name,
         backend=backend,
@@ -286,7 +294,55 @@ def parse_cluster(src: Source) -> ClusterConfig:
         ray=sections["ray"],
         source=src.file,
         max_array_size=_get(src, data, (), "max_array_size", _array_cap(src), None),
+        options=options,
     )
+
+
+def _plugin_section(src: Source) -> tuple[str, ...]:
+    """The top-level key a plug-in backend's own section has (its name), so the cluster schema admits it;
+    the built-in backends' sections are in ``CLUSTER_KEYS`` already."""
+    raw = src.data.get("backend") if isinstance(src.data, Mapping) else None
+    if not isinstance(raw, str) or raw in BACKENDS or raw in CLUSTER_KEYS or not _NAME.match(raw):
+        return ()
+    return (raw,)
+
+
+def _plugin_options(src: Source, backend: str, data: Mapping[str, Any]) -> Mapping[str, Any]:
+    """A plug-in backend's section, validated by the backend class itself (``Backend.config_section``); its
+    errors carry this file's line like every other config error."""
+    from suanli.compute.backends import PLANNED, backend_class
+
+    if backend in PLANNED:
+        return {}
+    raw = None if backend in CLUSTER_KEYS else data.get(backend)  # a plug-in named like a key has no section
+    if raw is not None and not isinstance(raw, Mapping):
+        src.fail((backend,), f"expected a mapping, got {type(raw).__name__}")
+    try:
+        cls = backend_class(backend)
+    except SuanliError as exc:
+        src.fail(("backend",), str(exc))
+
+    def fail(path: Path_, message: str) -> NoReturn:
+        src.fail((backend, *path), message)
+
+    return dict(cls.config_section(raw or {}, fail))
+
+
+#: Bounds of ``slurm.submit_rate`` (sbatch calls per second per process): below the floor a loop would crawl,
+#: above the ceiling it is no throttle at all (slurmctld itself manages a few hundred RPCs per second).
+SUBMIT_RATE_RANGE = (0.1, 1000.0)
+
+
+def _submit_rate(src: Source) -> Callable[[Any, Path_], float]:
+    def check(v: Any, p: Path_) -> float:
+        if isinstance(v, bool) or not isinstance(v, int | float):
+            src.fail(p, f"{v!r} is not a number; give sbatch calls per second, such as 50")
+        lo, hi = SUBMIT_RATE_RANGE
+        if not lo <= v <= hi:
+            src.fail(p, f"{v} is out of range; give sbatch calls per second between {lo:g} and {hi:g}")
+        return float(v)
+
+    return check
 
 
 def _array_cap(src: Source) -> Callable[[Any, Path_], int | None]:
@@ -329,7 +385,14 @@ def _partition(src: Source, raw: Any, path: Path_) -> PartitionConfig:
         mpi_launcher=_get(src, data, path, "mpi_launcher", _choice(src, MPI_LAUNCHERS), None),
         setup=_get(src, data, path, "setup", _lines(src), ()),
         charge=charge,
+        network_interface=_get(src, data, path, "network_interface", _str(src), None),
     )
+    if part.network_interface is not None and (part.network_interface == "lo" or len(part.network_interface) > 15
+                                               or not part.network_interface.replace("-", "").replace(".", "")
+                                               .replace("_", "").isalnum()):
+        src.fail(path + ("network_interface",),
+                 f"{part.network_interface!r} is not an interface the nodes share; name one such as eth0 or ib0 "
+                 "(not lo), or remove the key to detect it")
     kind = part.accelerator_kind
     if part.accelerators_per_node and kind is None:
         src.fail(path + ("accelerators_per_node",),

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import re
 import shlex
+import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from importlib import resources
+from pathlib import Path
 
 _PLACEHOLDER = re.compile(r"@@([A-Z][A-Z0-9_]*)@@")
 
@@ -37,6 +38,16 @@ def export_lines(env: Mapping[str, str]) -> str:
 
 
 def load_template(package: str, name: str) -> str:
+    """A template shipped with ``package``: read from its folder when it has one (importing
+    importlib.resources costs a CLI submit more than reading the file), through importlib.resources otherwise
+    (a zipped install)."""
+    file = getattr(sys.modules.get(package), "__file__", None)
+    if file:
+        path = Path(file).parent / name
+        if path.is_file():
+            return path.read_text(encoding="utf-8")
+    from importlib import resources
+
     return resources.files(package).joinpath(name).read_text(encoding="utf-8")
 
 

@@ -12,7 +12,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +22,7 @@ from suanli.errors import SuanliError, UsageError
 from suanli.jobs.record import JobInfo
 from suanli.jobs.state import JobState
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 _MIGRATIONS = {
     1: """
     CREATE TABLE jobs (
@@ -61,6 +61,10 @@ _MIGRATIONS = {
     ALTER TABLE tasks ADD COLUMN attempts TEXT;
     CREATE INDEX jobs_unsubmitted ON jobs (done, native_id);
     """,
+    # `suanli status` lists jobs that ended in the last day: found by this index, not by reading every task.
+    3: """
+    CREATE INDEX tasks_ended ON tasks (ended_at);
+    """,
 }
 NO_TASK = -1  # the task column of a job that is not an array
 
@@ -82,8 +86,44 @@ class JobRow:
     user: str | None
     submitted_at: float
     job_dir: str
-    meta: dict[str, Any]
+    meta: Mapping[str, Any]
     done: bool
+
+
+class _Meta(Mapping[str, Any]):
+    """A job's metadata as stored, decoded only when first read: listing jobs never reads it, and decoding it
+    for every row was a third of `suanli status` over a large registry."""
+
+    __slots__ = ("_text", "_data")
+
+    def __init__(self, text: str) -> None:
+        self._text = text
+        self._data: dict[str, Any] | None = None
+
+    def _decoded(self) -> dict[str, Any]:
+        if self._data is None:
+            self._data = json.loads(self._text)
+        return self._data
+
+    def __getitem__(self, key: str) -> Any:
+        return self._decoded()[key]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        if self._data is None and f'"{key}"' not in self._text:
+            return default  # absent: no need to decode (JSON object keys are always quoted)
+        return self._decoded().get(key, default)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._decoded())
+
+    def __len__(self) -> int:
+        return len(self._decoded())
+
+    def __repr__(self) -> str:
+        return repr(self._decoded())
+
+    def text(self) -> str:
+        return self._text if self._data is None else json.dumps(self._data)
 
 
 @dataclass(frozen=True)
@@ -102,6 +142,9 @@ class TaskUpdate:
 
 _JOB_COLS = "id, name, cluster, backend, native_id, kind, partition, account, user, submitted_at, job_dir, meta, done"
 _TASK_COLS = "task, state, reason, restarts, started_at, ended_at, exit_code, native_id"
+#: Above this many jobs, ``tasks`` reads the whole table once instead of looking each job up.
+_SCAN_JOBS = 5000
+_IDS_PER_QUERY = 10_000
 
 
 class Store:
@@ -219,7 +262,8 @@ class Store:
             c.execute(
                 f"INSERT INTO jobs ({_JOB_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (job.id, job.name, job.cluster, job.backend, job.native_id, job.kind, job.partition, job.account,
-                 job.user, job.submitted_at, job.job_dir, json.dumps(job.meta), int(job.done)),
+                 job.user, job.submitted_at, job.job_dir,
+                 job.meta.text() if isinstance(job.meta, _Meta) else json.dumps(dict(job.meta)), int(job.done)),
             )
             c.executemany(
                 "INSERT INTO tasks (job_id, task, state, reason) VALUES (?,?,?,?)",
@@ -253,13 +297,39 @@ class Store:
                   json.dumps(list(u.attempts)) if u.attempts else None,
                   u.job_id, NO_TASK if u.task is None else u.task, *terminal) for u in updates],
             )
-            job_ids = sorted({u.job_id for u in updates})
-            for jid in job_ids:
-                c.execute(
-                    f"UPDATE jobs SET done = 1 WHERE id = ? AND NOT EXISTS (SELECT 1 FROM tasks WHERE job_id = ? "
-                    f"AND state NOT IN ({marks}))",
-                    (jid, jid, *terminal),
-                )
+            # Only a task that ended can end its job: one statement for those jobs, not an UPDATE per job.
+            self._mark_done(c, sorted({u.job_id for u in updates if u.state.is_terminal}))
+
+    def _mark_done(self, c: sqlite3.Connection, job_ids: Sequence[str]) -> None:
+        """Mark done those of ``job_ids`` whose tasks have all ended (inside the caller's transaction)."""
+        terminal = tuple(s.value for s in JobState if s.is_terminal)
+        marks = ",".join("?" * len(terminal))
+        c.executemany(f"UPDATE jobs SET done = 1 WHERE id = ? AND done = 0 AND NOT EXISTS (SELECT 1 FROM tasks "
+                      f"WHERE job_id = ? AND state NOT IN ({marks}))", [(j, j, *terminal) for j in job_ids])
+
+    def apply_runs(self, runs: Sequence[tuple[str, int | None, int | None, Any]]) -> int:
+        """Fresh states for ranges of tasks, ``(job id, first task, last task, status)`` with ``status`` a
+        NativeStatus; returns how many task rows changed. SQLite compares and writes each range in one
+        statement (one executemany for all), so an unchanged pending array of 50,000 tasks costs one statement,
+        not 50,000 rows read into Python. As in ``update_tasks``, an ended task is never overwritten."""
+        if not runs:
+            return 0
+        terminal = tuple(s.value for s in JobState if s.is_terminal)
+        ended_states = ",".join(f"?{11 + i}" for i in range(len(terminal)))
+        sql = ("UPDATE tasks SET state = ?1, reason = ?2, restarts = ?3, started_at = COALESCE(?4, started_at), "
+               "ended_at = ?5, exit_code = ?6, native_id = COALESCE(?7, native_id) "
+               f"WHERE job_id = ?8 AND task BETWEEN ?9 AND ?10 AND state NOT IN ({ended_states}) "
+               "AND NOT (state IS ?1 AND reason IS ?2 AND restarts IS ?3 AND (?4 IS NULL OR started_at IS ?4) "
+               "AND ended_at IS ?5 AND exit_code IS ?6 AND (?7 IS NULL OR native_id IS ?7))")
+        with self._write() as c:
+            before = c.total_changes
+            c.executemany(sql, [(st.state.value, st.reason, st.restarts, st.started_at, st.ended_at, st.exit_code,
+                                 st.native_id, job_id, NO_TASK if lo is None else lo, NO_TASK if hi is None else hi,
+                                 *terminal) for job_id, lo, hi, st in runs])
+            changed: int = c.total_changes - before
+            if changed:
+                self._mark_done(c, sorted({r[0] for r in runs if r[3].state.is_terminal}))
+        return changed
 
     def end_unsubmitted(self, job_id: str, state: JobState, reason: str) -> None:
         """End every open task of a job that never reached its backend (its submitter died first)."""
@@ -325,6 +395,13 @@ class Store:
     def tasks(self, job_ids: Sequence[str]) -> dict[str, list[tuple[Any, ...]]]:
         out: dict[str, list[tuple[Any, ...]]] = {j: [] for j in job_ids}
         conn = self._connect()
+        if len(out) > _SCAN_JOBS:
+            # Most of the registry (`status --all`): one scan in key order beats thousands of IN lists.
+            for r in conn.execute(f"SELECT job_id, {_TASK_COLS} FROM tasks ORDER BY job_id, task"):
+                rows_of = out.get(r[0])
+                if rows_of is not None:
+                    rows_of.append(r[1:])
+            return out
         for chunk_start in range(0, len(job_ids), 500):
             chunk = job_ids[chunk_start:chunk_start + 500]
             rows = conn.execute(
@@ -344,6 +421,11 @@ class Store:
         if ids is not None:
             if not ids:
                 return []
+            if len(ids) > _IDS_PER_QUERY:  # SQLite caps the parameters of one statement
+                out = [row for start in range(0, len(ids), _IDS_PER_QUERY)
+                       for row in self.query(ids=ids[start:start + _IDS_PER_QUERY], cluster=cluster, since=since,
+                                             open_or_since=open_or_since, only_open=only_open)]
+                return sorted(out, key=lambda r: (r.submitted_at, r.id))
             where.append(f"id IN ({','.join('?' * len(ids))})")
             args += list(ids)
         if cluster:
@@ -355,7 +437,10 @@ class Store:
         if only_open:
             where.append("done = 0")
         if open_or_since is not None:
-            where.append("(done = 0 OR submitted_at >= ? OR id IN (SELECT job_id FROM tasks WHERE ended_at >= ?))")
+            # A union of three index searches (jobs_open, jobs_by_time, tasks_ended): an OR here read every
+            # job and every task of the registry.
+            where.append("id IN (SELECT id FROM jobs WHERE done = 0 UNION SELECT id FROM jobs WHERE submitted_at >= ? "
+                         "UNION SELECT job_id FROM tasks WHERE ended_at >= ?)")
             args += [open_or_since, open_or_since]
         sql = f"SELECT {_JOB_COLS} FROM jobs"
         if where:
@@ -366,27 +451,21 @@ class Store:
     def infos(self, jobs: Sequence[JobRow]) -> list[JobInfo]:
         """One JobInfo per task, jobs in the given order, tasks in index order."""
         by_job = self.tasks([j.id for j in jobs])
-        out: list[JobInfo] = []
-        for j in jobs:
-            for t in by_job.get(j.id, []):
-                out.append(_info(j, t))
-        return out
+        return [_info(j, t) for j in jobs for t in by_job.get(j.id, ())]
 
 
 def _job(row: tuple[Any, ...]) -> JobRow:
-    return JobRow(
-        id=row[0], name=row[1], cluster=row[2], backend=row[3], native_id=row[4], kind=row[5], partition=row[6],
-        account=row[7], user=row[8], submitted_at=row[9], job_dir=row[10], meta=json.loads(row[11]),
-        done=bool(row[12]),
-    )
+    # Positional, in _JOB_COLS order: this runs once per job of `status --all`.
+    return JobRow(row[0], row[1], row[2], row[3], row[4], row[5], row[6], row[7], row[8], row[9], row[10],
+                  _Meta(row[11]), bool(row[12]))
+
+
+_STATES = {s.value: s for s in JobState}
 
 
 def _info(j: JobRow, t: tuple[Any, ...]) -> JobInfo:
     task, state, reason, restarts, started, ended, code, native = t
-    try:
-        st = JobState(state)
-    except ValueError:
-        st = JobState.UNKNOWN
+    st = _STATES.get(state, JobState.UNKNOWN)
     return JobInfo(
         id=j.id, name=j.name, cluster=j.cluster, backend=j.backend,
         native_id=native or j.native_id,

@@ -11,9 +11,6 @@ from typing import Protocol, runtime_checkable
 
 from suanli.errors import UsageError
 
-ACCELERATOR_KINDS = ("ascend", "nvidia")
-_KIND_ALIASES = {"ascend": "ascend", "npu": "ascend", "nvidia": "nvidia", "gpu": "nvidia", "cuda": "nvidia"}
-
 _TIME_HELP = "use 90m, 2h, 30s, 1d, 1-00:00:00, HH:MM:SS, MM:SS or minutes"
 _MAX_SECONDS = 100 * 365 * 86400.0
 _COMPOUND = re.compile(r"^(?:(\d+(?:\.\d+)?)d)?(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s)?$")
@@ -137,9 +134,13 @@ def parse_accelerators(value: str | int | None, field: str = "accelerators") -> 
 
 
 def normalize_kind(kind: str, field: str = "accelerator kind") -> str:
-    k = _KIND_ALIASES.get(kind.strip().lower())
+    """A kind or one of its aliases (``npu`` -> ascend, ``gpu`` -> nvidia) -> the kind. The registered adapters
+    are the list of kinds, looked up here and not at import (adapters import this module)."""
+    from suanli.adapters import accelerator_aliases, accelerator_kinds
+
+    k = accelerator_aliases().get(kind.strip().lower())
     if k is None:
-        raise UsageError(f"{field}: unknown accelerator kind {kind!r}; valid kinds: {', '.join(ACCELERATOR_KINDS)}")
+        raise UsageError(f"{field}: unknown accelerator kind {kind!r}; valid kinds: {', '.join(accelerator_kinds())}")
     return k
 
 

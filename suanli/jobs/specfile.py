@@ -10,7 +10,7 @@ from typing import Any
 from suanli.errors import ConfigError, UsageError
 from suanli.jobs.resources import Resources
 from suanli.jobs.spec import MPI, Array, Command, Dependency, Function, JobSpec, Training, Workload
-from suanli.yamlsrc import Source, load_yaml
+from suanli.yamlfile import Source, load_yaml
 
 WORKLOAD_KEYS = ("command", "function", "training", "mpi")
 SPEC_KEYS = (

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import enum
-import logging
 from collections.abc import Iterable, Mapping
-
-log = logging.getLogger("suanli")
 
 
 class JobState(str, enum.Enum):
@@ -115,7 +112,9 @@ class StateTable:
         if state is None:
             if key not in self._warned:
                 self._warned.add(key)
-                log.warning("unknown %s job state %r: shown as UNKNOWN", self.scheduler, native)
+                import logging  # here, not at the top: `suanli status` of finished jobs needs no logging
+
+                logging.getLogger("suanli").warning("unknown %s job state %r: shown as UNKNOWN", self.scheduler, native)
             return JobState.UNKNOWN
         return state
 

@@ -3,13 +3,21 @@
 
 ``python -m suanli.runtime.launch SCRIPT ARGS...`` or ``python -m suanli.runtime.launch -m MODULE ARGS...``.
 MASTER_ADDR and MASTER_PORT come from the batch script (first host of the allocation, port from the job id).
+GLOO_SOCKET_IFNAME and NCCL_SOCKET_IFNAME, unless the job or the partition config sets them, name the interface
+that routes to MASTER_ADDR on this node: left alone, gloo binds the address the host name resolves to, which on
+many clusters is loopback or a management network the other nodes cannot reach.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 import runpy
+import socket
+import struct
 import sys
+
+SIOCGIFADDR = 0x8915  # Linux ioctl: an interface's IPv4 address
 
 
 def tasks_on_this_node(env: dict[str, str]) -> int:
@@ -44,6 +52,57 @@ def torch_env(env: dict[str, str]) -> dict[str, str]:
     }
 
 
+def interface_address(name: str) -> str | None:
+    """The IPv4 address of interface NAME in this network namespace (ioctl, so no /sys of another one)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            raw = fcntl.ioctl(s.fileno(), SIOCGIFADDR, struct.pack("256s", name[:15].encode()))
+        except OSError:
+            return None
+    return socket.inet_ntoa(raw[20:24])
+
+
+def route_interface(master_addr: str) -> str | None:
+    """The interface this node sends to MASTER_ADDR from (a UDP connect sends nothing; the kernel picks the
+    source address, whose interface we look up). None for loopback, or when it cannot be found."""
+    try:
+        addr = socket.getaddrinfo(master_addr, None, socket.AF_INET, socket.SOCK_DGRAM)[0][4][0]
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.connect((addr, 9))
+            local = str(s.getsockname()[0])
+    except (OSError, IndexError):
+        return None
+    if local.startswith("127."):
+        return None
+    for _, name in socket.if_nameindex():
+        if name != "lo" and interface_address(name) == local:
+            return name
+    return None
+
+
+def network_env(env: dict[str, str]) -> dict[str, str]:
+    """GLOO_SOCKET_IFNAME / NCCL_SOCKET_IFNAME for this node, unless already set (job env or partition config)."""
+    if env.get("GLOO_SOCKET_IFNAME"):
+        return {} if env.get("NCCL_SOCKET_IFNAME") else {"NCCL_SOCKET_IFNAME": env["GLOO_SOCKET_IFNAME"]}
+    name = route_interface(env.get("MASTER_ADDR", "127.0.0.1"))
+    if name is None:
+        return {}
+    return {"GLOO_SOCKET_IFNAME": name, **({} if env.get("NCCL_SOCKET_IFNAME") else {"NCCL_SOCKET_IFNAME": name})}
+
+
+def device_env(env: dict[str, str]) -> dict[str, str]:
+    """This node's accelerator indices from SUANLI_ACCELERATOR_MAP (``node=ids;...``, written by the batch
+    script on the first node): srun hands every rank the first node's variables, and another node's
+    allocation may hold other indices."""
+    node = env.get("SLURMD_NODENAME", "")
+    for entry in env.get("SUANLI_ACCELERATOR_MAP", "").split(";"):
+        name, _, ids = entry.partition("=")
+        if name and name == node:
+            var = env.get("SUANLI_DEVICE_VAR")
+            return {"SUANLI_ACCELERATOR_IDS": ids, **({var: ids} if var else {})}
+    return {}
+
+
 def main(argv: list[str]) -> int:
     if not argv:
         print("usage: python -m suanli.runtime.launch SCRIPT ARGS... | -m MODULE ARGS...", file=sys.stderr)
@@ -51,6 +110,8 @@ def main(argv: list[str]) -> int:
     os.environ.update(torch_env(dict(os.environ)))
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
     os.environ.setdefault("MASTER_PORT", "29500")
+    os.environ.update(network_env(dict(os.environ)))
+    os.environ.update(device_env(dict(os.environ)))
     if argv[0] == "-m":
         sys.argv = [argv[1], *argv[2:]]
         runpy.run_module(argv[1], run_name="__main__", alter_sys=True)

@@ -21,6 +21,13 @@ fi
 export SUANLI_RESTART_COUNT="${SLURM_RESTART_COUNT:-0}"
 # The first host of the allocation and a port derived from the job id: the rendezvous of every rank.
 MASTER_ADDR="$(scontrol show hostnames "${SLURM_JOB_NODELIST:-localhost}" 2>/dev/null | head -n 1)"
+if [ -n "${MASTER_ADDR}" ] && { [ "${SLURM_JOB_NUM_NODES:-1}" -gt 1 ] || ! getent hosts "${MASTER_ADDR}" >/dev/null; }; then
+    # Across nodes (or when the name does not resolve here): the address the other nodes reach it at, its
+    # NodeAddr (a node name need not resolve, and may resolve to loopback on the node itself).
+    master_node="${MASTER_ADDR}"
+    MASTER_ADDR="$(scontrol show node -o "${master_node}" 2>/dev/null | sed -n 's/^.* NodeAddr=\([^ ]*\) .*$/\1/p')"
+    MASTER_ADDR="${MASTER_ADDR:-${master_node}}"
+fi
 export MASTER_ADDR="${MASTER_ADDR:-127.0.0.1}"
 export MASTER_PORT="$((20000 + ${SLURM_JOB_ID:-0} % 20000))"
 # Accelerators of this job on this node, from the allocation ("GRES=npu:3(IDX:0-2)" -> 0,1,2).

@@ -19,6 +19,13 @@ fi
 export SUANLI_RESTART_COUNT="${SLURM_RESTART_COUNT:-0}"
 # The first host of the allocation and a port derived from the job id: the rendezvous of every rank.
 MASTER_ADDR="$(scontrol show hostnames "${SLURM_JOB_NODELIST:-localhost}" 2>/dev/null | head -n 1)"
+if [ -n "${MASTER_ADDR}" ] && { [ "${SLURM_JOB_NUM_NODES:-1}" -gt 1 ] || ! getent hosts "${MASTER_ADDR}" >/dev/null; }; then
+    # Across nodes (or when the name does not resolve here): the address the other nodes reach it at, its
+    # NodeAddr (a node name need not resolve, and may resolve to loopback on the node itself).
+    master_node="${MASTER_ADDR}"
+    MASTER_ADDR="$(scontrol show node -o "${master_node}" 2>/dev/null | sed -n 's/^.* NodeAddr=\([^ ]*\) .*$/\1/p')"
+    MASTER_ADDR="${MASTER_ADDR:-${master_node}}"
+fi
 export MASTER_ADDR="${MASTER_ADDR:-127.0.0.1}"
 export MASTER_PORT="$((20000 + ${SLURM_JOB_ID:-0} % 20000))"
 # Accelerators of this job on this node, from the allocation ("GRES=npu:3(IDX:0-2)" -> 0,1,2).
@@ -29,8 +36,21 @@ suanli_ids() {  # 0-2,5 -> 0,1,2,5
     done
     printf %s "${out%,}"
 }
-SUANLI_ACCELERATOR_IDS="$(scontrol show job -d "$SLURM_JOB_ID" 2>/dev/null | sed -n 's/.*GRES=gpu:[^(]*(IDX:\([^)]*\)).*/\1/p' | head -n 1)"
-export SUANLI_ACCELERATOR_IDS="$(suanli_ids "$SUANLI_ACCELERATOR_IDS")"
+SUANLI_ACCELERATOR_MAP=""
+while read -r _nodes _idx; do
+    for _h in $(scontrol show hostnames "$_nodes" 2>/dev/null); do
+        SUANLI_ACCELERATOR_MAP+="$_h=$(suanli_ids "$_idx");"
+    done
+done < <(scontrol show job -d "$SLURM_JOB_ID" 2>/dev/null | sed -n 's/^ *Nodes=\([^ ]*\) .*GRES=gpu:[^(]*(IDX:\([^)]*\)).*/\1 \2/p')
+SUANLI_ACCELERATOR_IDS=""
+IFS=';' read -ra _entries <<< "$SUANLI_ACCELERATOR_MAP"
+for _e in "${_entries[@]}"; do
+    if [ "${_e%%=*}" = "${SLURMD_NODENAME:-}" ]; then SUANLI_ACCELERATOR_IDS="${_e#*=}"; fi
+done
+if [ -z "$SUANLI_ACCELERATOR_IDS" ] && [ -n "${_entries[0]:-}" ]; then
+    SUANLI_ACCELERATOR_IDS="${_entries[0]#*=}"  # a node name Slurm spells otherwise: the first entry
+fi
+export SUANLI_ACCELERATOR_MAP SUANLI_ACCELERATOR_IDS
 # --- setup ---
 :
 # --- workload ---

@@ -53,6 +53,8 @@ class RayBackend(Backend):
     name = "ray"
     poll_initial_s = 0.25
     poll_max_s = 10.0
+    #: Ray keeps no accounting of its own: ended jobs are booked from the registry (status_many's times).
+    usage_source = "registry"
 
     def __init__(self, cluster: ClusterConfig) -> None:
         super().__init__(cluster)

@@ -10,7 +10,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 from suanli.compute import script as sh
 from suanli.compute.base import Backend, JobRef, NativeStatus, Plan, Submission, TaskKey
@@ -44,34 +44,64 @@ def slurm_name(name: str) -> str:
     return (_NAME_OK.sub("_", name) or "job")[:64]
 
 
-class TokenBucket:
-    """Lets bursts of submissions through at once and throttles only sustained floods, instead of sleeping on
-    every call; protects slurmctld's RPC rate limit."""
+#: sbatch calls per second one process sends to a cluster by default (``slurm.submit_rate`` in its config); raw
+#: sbatch manages ~100/s on a small test controller; 60/s leaves it room for everyone else.
+DEFAULT_SUBMIT_RATE = 60.0
+#: Submissions that pass at once before the rate applies.
+SUBMIT_BURST = 20.0
 
-    def __init__(self, capacity: float = 20.0, rate: float = 10.0) -> None:
+
+class TokenBucket:
+    """Lets bursts of submissions through at once and throttles only sustained floods to ``rate`` per second,
+    instead of sleeping on every call; protects slurmctld's RPC rate limit. A call past the burst books its
+    token in advance (the bucket goes into debt) and sleeps until it is earned, so the sustained rate is
+    ``rate`` exactly: time slept is never counted again as refill, and an oversleep is credited to the next
+    call. ``clock``/``sleep`` are injectable so the spacing can be tested without waiting."""
+
+    def __init__(self, rate: float = DEFAULT_SUBMIT_RATE, capacity: float = SUBMIT_BURST,
+                 clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep) -> None:
+        if rate <= 0 or capacity < 1:
+            raise ValueError("a token bucket needs rate > 0 and capacity >= 1")
         self.capacity, self.rate = capacity, rate
+        self.clock, self.sleep = clock, sleep
         self.tokens = capacity
-        self.stamp = time.monotonic()
+        self.stamp = clock()
         self.lock = threading.Lock()
 
-    def take(self) -> None:
+    def reserve(self) -> float:
+        """Take one token; the seconds to wait before using it (0 within the burst)."""
         with self.lock:
-            now = time.monotonic()
+            now = self.clock()
             self.tokens = min(self.capacity, self.tokens + (now - self.stamp) * self.rate)
             self.stamp = now
-            if self.tokens < 1:
-                time.sleep((1 - self.tokens) / self.rate)
-                self.tokens = 1
             self.tokens -= 1
+            return -self.tokens / self.rate if self.tokens < 0 else 0.0
+
+    def take(self) -> None:
+        delay = self.reserve()
+        if delay > 0:  # outside the lock: other threads book their own later slots meanwhile
+            self.sleep(delay)
 
 
-_BUCKET = TokenBucket()
+_BUCKETS: dict[tuple[str, float], TokenBucket] = {}
+_BUCKETS_LOCK = threading.Lock()
+
+
+def bucket_for(cluster: str, rate: float) -> TokenBucket:
+    """One bucket per cluster (and rate) per process: every Client and thread of a process shares it."""
+    with _BUCKETS_LOCK:
+        bucket = _BUCKETS.get((cluster, rate))
+        if bucket is None:
+            bucket = _BUCKETS[(cluster, rate)] = TokenBucket(rate)
+        return bucket
 
 
 class SlurmBackend(Backend):
     name = "slurm"
     poll_initial_s = 0.5
     poll_max_s = 30.0
+    #: Ended jobs are booked from sacct (TotalCPU, steps, jobs suanli did not submit), not the registry.
+    usage_source = "sacct"
 
     def __init__(self, cluster: ClusterConfig) -> None:
         super().__init__(cluster)
@@ -82,6 +112,7 @@ class SlurmBackend(Backend):
         self.signal_s = int(cluster.slurm.get("signal_seconds", 90))
         size = cluster.slurm.get("max_array_size")
         self._max_array: int | None = int(size) if size else None
+        self.bucket = bucket_for(cluster.name, float(cluster.slurm.get("submit_rate") or DEFAULT_SUBMIT_RATE))
 
     def max_array_size(self) -> int:
         """Slurm's MaxArraySize (array indices must stay below it), from the config or asked once."""
@@ -184,6 +215,9 @@ class SlurmBackend(Backend):
                 launch = ["srun", "--mpi=pmix", f"--ntasks={ranks}", *binding, *w.argv]
         else:
             raise UsageError(f"workload: the slurm backend cannot run {type(w).__name__}")
+        if (res.nodes > 1 and res.accelerators_per_node and not sub.adapter.scheduler_sets_devices
+                and launch[:1] == ["srun"] and not isinstance(w, Training)):
+            launch = per_node_devices(launch)  # Training ranks do this in suanli.runtime.launch
 
         env: dict[str, str] = {
             "SUANLI_JOB_ID": sub.job_id,
@@ -195,6 +229,9 @@ class SlurmBackend(Backend):
         }
         env.update(suanli_pythonpath(self.env))
         env.update(sub.adapter.environment(res))
+        if sub.partition.network_interface:  # else suanli.runtime.launch detects it on each node
+            env.update(GLOO_SOCKET_IFNAME=sub.partition.network_interface,
+                       NCCL_SOCKET_IFNAME=sub.partition.network_interface)
         env.update(spec.env)
         setup = [*sub.adapter.setup_lines(), *sub.cluster.setup, *sub.partition.setup, *spec.setup]
         text = sh.render(
@@ -206,7 +243,8 @@ class SlurmBackend(Backend):
                 "LAUNCH": sh.join_argv(launch),
                 "MAX_RESTARTS": str(spec.max_restarts),
                 "FORWARD_USR2": forward_usr2,
-                "DEVICES": device_lines(sub.adapter.gres_name, sub.adapter.device_env_var)
+                "DEVICES": device_lines(sub.adapter.gres_name, sub.adapter.device_env_var,
+                                        sub.adapter.scheduler_sets_devices)
                 if res.accelerators_per_node else ":",
             },
         )
@@ -259,7 +297,7 @@ class SlurmBackend(Backend):
                     argv[-1:-1] = [f"--array={text}", f"--export=ALL,SUANLI_ARRAY_OFFSET={offset}",
                                    f"--output={job_dir}/chunk-{offset}-%a.out",
                                    f"--error={job_dir}/chunk-{offset}-%a.err"]
-                _BUCKET.take()
+                self.bucket.take()
                 proc = self.run(argv, "sbatch refused the job")
                 submitted.append(parse.parse_sbatch(proc.stdout))
             return ",".join(submitted)
@@ -291,10 +329,11 @@ class SlurmBackend(Backend):
             m = _CHUNK_LOG.search(submit_line)
             found[int(m.group(1)) if m else 0] = job.split("_", 1)[0].split("+", 1)[0]
         if not found:
-            # sacct may not know a job queued a moment ago: squeue decides whether it is really absent.
-            queue = self.run(["squeue", "-h", "-o", "%i|%o"], "squeue").stdout
+            # slurmdbd may lag behind the controller (a job queued, or even ended, a moment ago): the controller,
+            # which keeps ended jobs for MinJobAge, decides whether it is really absent.
+            queue = self.run(["squeue", "-h", "-t", "all", "-o", "%i|%o"], "squeue").stdout
             if any(cmd.strip() == script for _, _, cmd in (q.partition("|") for q in queue.splitlines())):
-                raise BackendError(f"job {ref.job_id}: queued but not yet in sacct; asked again later")
+                raise BackendError(f"job {ref.job_id}: known to slurmctld but not yet in sacct; asked again later")
             return None
         offsets = [int(c[0]) for c in ref.layout.get("chunks") or [[0, None]]]
         if sorted(found) != sorted(offsets):
@@ -304,33 +343,59 @@ class SlurmBackend(Backend):
 
     # ------------------------------------------------------------ status
     def status_many(self, refs: Sequence[JobRef]) -> dict[TaskKey, NativeStatus]:
-        by_native: dict[str, tuple[JobRef, int]] = {}
+        out: dict[TaskKey, NativeStatus] = {}
+        wanted = {r.job_id: set(r.tasks) for r in refs}  # a set: a tuple made this quadratic in the tasks
+        for job_id, lo, hi, st in self.status_runs(refs):
+            live = wanted[job_id]
+            if lo is None or hi is None:
+                if None in live:
+                    out[(job_id, None)] = st
+                continue
+            for task in range(lo, hi + 1):
+                if task in live:
+                    out[(job_id, task)] = st
+        return out
+
+    def status_runs(self, refs: Sequence[JobRef]) -> list[tuple[str, int | None, int | None, NativeStatus]]:
+        """``(job id, first task, last task, status)`` from one sacct for every job of ``refs``: a pending
+        array range is one entry, so a poll costs per sacct row, not per task (``lo`` None: no array). Tasks
+        are not filtered by ``ref.tasks``; the registry ignores states for tasks it holds as ended."""
+        by_native: dict[str, tuple[str, int]] = {}
         for r in refs:
             for native, offset in native_parts(r):
-                by_native[native] = (r, offset)
+                by_native[native] = (r.job_id, offset)
         if not by_native:
-            return {}
+            return []
         ids = ",".join(sorted(by_native))
         argv = ["sacct", "--parsable2", "--noheader", "-D", "-j", ids, "-o", ",".join(parse.SACCT_FIELDS)]
         try:
-            states = parse.parse_sacct(self.run(argv, "sacct").stdout)
+            runs = parse.parse_sacct_runs(self.run(argv, "sacct").stdout)
         except BackendError as exc:
             if "accounting storage is disabled" not in str(exc).lower() and "slurmdbd" not in str(exc).lower():
                 raise
             proc = self.run(["squeue", "-h", "-a", "--states=all", "-o", parse.SQUEUE_FORMAT], "squeue")
-            states = parse.parse_squeue(proc.stdout)
-        out: dict[TaskKey, NativeStatus] = {}
-        for ts in states:
-            if ts.job not in by_native:
+            runs = [parse.TaskRun(ts, ts.task, ts.task) for ts in parse.parse_squeue(proc.stdout)]
+        out: list[tuple[str, int | None, int | None, NativeStatus]] = []
+        # Equal answers share one status object: 10,000 pending jobs make a handful, not 10,000.
+        shared: dict[tuple[object, ...], NativeStatus] = {}
+        for run in runs:
+            ts = run.state
+            hit = by_native.get(ts.job)
+            if hit is None:
                 continue
-            ref, offset = by_native[ts.job]
-            task = None if ts.task is None else ts.task + offset
-            if task not in ref.tasks:
-                continue
-            out[(ref.job_id, task)] = NativeStatus(
-                state=ts.state, reason=ts.reason, exit_code=ts.exit_code, started_at=ts.started_at,
-                ended_at=ts.ended_at, restarts=ts.restarts, native_id=ts.raw_id,
-            )
+            job_id, offset = hit
+            # A plain job's own id is already the registry's native id: only array tasks carry theirs.
+            task_native = None if ts.raw_id == ts.job else ts.raw_id
+            key = (ts.state, ts.reason, ts.exit_code, ts.started_at, ts.ended_at, ts.restarts, task_native)
+            st = shared.get(key)
+            if st is None:
+                st = shared[key] = NativeStatus(
+                    state=ts.state, reason=ts.reason, exit_code=ts.exit_code, started_at=ts.started_at,
+                    ended_at=ts.ended_at, restarts=ts.restarts, native_id=task_native)
+            if run.lo is None or run.hi is None:
+                out.append((job_id, None, None, st))
+            else:
+                out.append((job_id, run.lo + offset, run.hi + offset, st))
         return out
 
     # ------------------------------------------------------------ cancel
@@ -365,6 +430,9 @@ def native_parts(ref: JobRef) -> list[tuple[str, int]]:
     """(native id, task offset) of each Slurm array that makes up the job (one for most jobs)."""
     if not ref.native_id:
         return []
+    if "," not in ref.native_id:  # one Slurm job or array, the common case (a poll asks this once per job)
+        chunks1 = ref.layout.get("chunks") if ref.layout else None
+        return [(ref.native_id, int(chunks1[0][0]) if chunks1 and len(chunks1) == 1 else 0)]
     ids = ref.native_id.split(",")
     chunks = ref.layout.get("chunks") or [[0, None]]
     offsets = [int(c[0]) for c in chunks]
@@ -373,9 +441,29 @@ def native_parts(ref: JobRef) -> list[tuple[str, int]]:
     return list(zip(ids, offsets, strict=True))
 
 
-def device_lines(gres: str | None, var: str | None) -> str:
-    """Shell that exports the allocated device indices. Slurm sets CUDA_VISIBLE_DEVICES for gpu GRES itself
-    but nothing for other GRES such as npu, so for those they are read from ``scontrol show job -d``."""
+#: Run by srun on every node before the task: that node's indices from SUANLI_ACCELERATOR_MAP (fixed code; the
+#: task's argv follows as "$@", never inside this string).
+_PICK_NODE_DEVICES = (
+    'for _e in ${SUANLI_ACCELERATOR_MAP//;/ }; do if [ "${_e%%=*}" = "${SLURMD_NODENAME:-}" ]; then '
+    'export SUANLI_ACCELERATOR_IDS="${_e#*=}"; if [ -n "${SUANLI_DEVICE_VAR:-}" ]; then '
+    'export "$SUANLI_DEVICE_VAR=${_e#*=}"; fi; fi; done; exec "$@"'
+)
+
+
+def per_node_devices(srun_argv: list[str]) -> list[str]:
+    """``srun [opts] ARGV`` -> ``srun [opts] bash -c PICK suanli-task ARGV``: each node's tasks see the indices
+    Slurm gave that node (another node of the same job may hold different ones)."""
+    first = next(i for i, a in enumerate(srun_argv[1:], 1) if not a.startswith("-"))
+    return [*srun_argv[:first], "bash", "-c", _PICK_NODE_DEVICES, "suanli-task", *srun_argv[first:]]
+
+
+def device_lines(gres: str | None, var: str | None, scheduler_sets: bool = False) -> str:
+    """Shell that exports the allocated device indices, per node: ``scontrol show job -d`` lists each node's
+    GRES indices (a 2-node job may hold 2-3 on one node and 0-1 on the other), written to
+    SUANLI_ACCELERATOR_MAP (``node=ids;...``); this node's entry becomes SUANLI_ACCELERATOR_IDS, and each rank's
+    ``suanli.runtime.launch`` picks its own node's entry. Slurm sets CUDA_VISIBLE_DEVICES for gpu GRES itself
+    (the adapter says so: ``scheduler_sets``) but nothing for other GRES such as npu, so for those the adapter's
+    variable is exported from the allocation."""
     if not gres or not var:
         return ":"
     lines = [
@@ -386,11 +474,25 @@ def device_lines(gres: str | None, var: str | None) -> str:
         "    done",
         '    printf %s "${out%,}"',
         "}",
-        'SUANLI_ACCELERATOR_IDS="$(scontrol show job -d "$SLURM_JOB_ID" 2>/dev/null '
-        f"| sed -n 's/.*GRES={gres}:[^(]*(IDX:\\([^)]*\\)).*/\\1/p' | head -n 1)\"",
-        'export SUANLI_ACCELERATOR_IDS="$(suanli_ids "$SUANLI_ACCELERATOR_IDS")"',
+        'SUANLI_ACCELERATOR_MAP=""',
+        "while read -r _nodes _idx; do",
+        '    for _h in $(scontrol show hostnames "$_nodes" 2>/dev/null); do',
+        '        SUANLI_ACCELERATOR_MAP+="$_h=$(suanli_ids "$_idx");"',
+        "    done",
+        'done < <(scontrol show job -d "$SLURM_JOB_ID" 2>/dev/null '
+        f"| sed -n 's/^ *Nodes=\\([^ ]*\\) .*GRES={gres}:[^(]*(IDX:\\([^)]*\\)).*/\\1 \\2/p')",
+        'SUANLI_ACCELERATOR_IDS=""',
+        "IFS=';' read -ra _entries <<< \"$SUANLI_ACCELERATOR_MAP\"",
+        'for _e in "${_entries[@]}"; do',
+        '    if [ "${_e%%=*}" = "${SLURMD_NODENAME:-}" ]; then SUANLI_ACCELERATOR_IDS="${_e#*=}"; fi',
+        "done",
+        'if [ -z "$SUANLI_ACCELERATOR_IDS" ] && [ -n "${_entries[0]:-}" ]; then',
+        '    SUANLI_ACCELERATOR_IDS="${_entries[0]#*=}"  # a node name Slurm spells otherwise: the first entry',
+        'fi',
+        "export SUANLI_ACCELERATOR_MAP SUANLI_ACCELERATOR_IDS",
     ]
-    if gres != "gpu":
+    if not scheduler_sets:
         # The allocation wins over whatever the submitting shell had exported.
         lines.append(f'if [ -n "$SUANLI_ACCELERATOR_IDS" ]; then export {var}="$SUANLI_ACCELERATOR_IDS"; fi')
+        lines.append(f"export SUANLI_DEVICE_VAR={var}")
     return "\n".join(lines)

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
 from datetime import datetime
+from typing import NamedTuple
 
 from suanli.jobs.state import JobState, StateTable
 
@@ -44,9 +44,9 @@ SACCT_FIELDS = ("JobID", "JobIDRaw", "State", "ExitCode", "Start", "End", "Reaso
 SQUEUE_FORMAT = "%i|%T|%r"
 
 
-@dataclass(frozen=True)
-class TaskState:
-    """One (job, array task) as a Slurm command reported it."""
+class TaskState(NamedTuple):
+    """One (job, array task) as a Slurm command reported it (a named tuple: a poll makes one per sacct row,
+    and a frozen dataclass costs several times more to build)."""
 
     job: str  # the native id of the job (the array's id for array tasks)
     task: int | None
@@ -125,14 +125,73 @@ def expand_brackets(spec: str) -> list[int]:
     return out
 
 
+def bracket_runs(spec: str) -> list[tuple[int, int]]:
+    """``[5-7,9%2]`` -> [(5, 7), (9, 9)]: inclusive runs, so a pending range of 50,000 tasks stays one pair."""
+    inner = spec.strip("[]").split("%", 1)[0]
+    out: list[tuple[int, int]] = []
+    for part in inner.split(","):
+        if not part:
+            continue
+        rng, _, step = part.partition(":")
+        lo, _, hi = rng.partition("-")
+        if hi and step and int(step) != 1:
+            out.extend((i, i) for i in range(int(lo), int(hi) + 1, int(step)))
+        else:
+            out.append((int(lo), int(hi or lo)))
+    return out
+
+
+class TaskRun(NamedTuple):
+    """Tasks ``lo..hi`` (inclusive) of one native job in one state: a pending array range is one run however many
+    tasks it holds, so a poll costs per sacct row instead of per task. ``lo`` is None for a job that is no array."""
+
+    state: TaskState
+    lo: int | None
+    hi: int | None
+
+
 def parse_sacct(text: str, fields: Iterable[str] = SACCT_FIELDS) -> list[TaskState]:
     """``sacct --parsable2 --noheader -X -D -o <fields>`` into task states. With ``-D`` a requeued job has one
     row per attempt: the last row is the current attempt and the count of earlier rows is its restarts.
     Rows whose state the table does not know become UNKNOWN (with one warning) instead of failing."""
+    out: list[TaskState] = []
+    for run in parse_sacct_runs(text, fields):
+        if run.lo is None or run.hi is None or run.state.task is not None:
+            out.append(run.state)
+            continue
+        ts = run.state
+        out.extend(TaskState(ts.job, t, ts.raw_id, ts.state, ts.exit_code, ts.started_at, ts.ended_at, ts.reason,
+                             ts.restarts) for t in range(run.lo, run.hi + 1))
+    return out
+
+
+def _row_fields(parts: list[str], col: dict[str, int]) -> dict[str, object]:
+    """The state, times, exit code and reason of one sacct row (everything but its ids)."""
+    def field(name: str) -> str:
+        return parts[col[name]] if name in col else ""
+
+    state = STATES(parts[col["State"]])
+    reason_text = field("Reason").strip()
+    reason = None if reason_text in ("", "None") else reason_text
+    return {
+        "state": state,
+        "exit_code": parse_exit(field("ExitCode")) if state.is_terminal else None,
+        "started_at": parse_time(field("Start")),
+        "ended_at": parse_time(field("End")) if state.is_terminal else None,
+        "reason": reason if not state.is_terminal or state is not JobState.COMPLETED else None,
+    }
+
+
+def parse_sacct_runs(text: str, fields: Iterable[str] = SACCT_FIELDS) -> list[TaskRun]:
+    """Like ``parse_sacct``, but a pending array range stays one run (minus the tasks that have rows of their
+    own): the work is per sacct row, never per task. Identical rows but for their ids (thousands of pending
+    jobs) are decoded once."""
     names = list(fields)
     col = {n: i for i, n in enumerate(names)}
+    ids_first = names[:2] == ["JobID", "JobIDRaw"]
+    decoded: dict[str, dict[str, object]] = {}
     latest: dict[tuple[str, int | None], TaskState] = {}
-    pending: dict[tuple[str, int | None], TaskState] = {}
+    ranges: list[tuple[str, list[tuple[int, int]], dict[str, object]]] = []
     attempts: dict[tuple[str, int | None], int] = {}
     # A job killed by its time limit or scancel shows ExitCode 0:0 on its allocation row; the signal that
     # ended the script is on the batch step (0:15). Without -X each attempt's steps follow its own row.
@@ -152,44 +211,62 @@ def parse_sacct(text: str, fields: Iterable[str] = SACCT_FIELDS) -> list[TaskSta
                     parts[col["ExitCode"]])
             continue  # another step (extern, srun steps) or a heterogeneous component
         job, task_text = m.group(1), m.group(2)
-        state = STATES(parts[col["State"]])
-
-        def field(name: str, parts: list[str] = parts) -> str:
-            return parts[col[name]] if name in col else ""
-
-        reason_text = parts[col["Reason"]].strip() if "Reason" in col else ""
-        reason = None if reason_text in ("", "None") else reason_text
-        common = {
-            "state": state,
-            "exit_code": parse_exit(field("ExitCode")) if state.is_terminal else None,
-            "started_at": parse_time(field("Start")),
-            "ended_at": parse_time(field("End")) if state.is_terminal else None,
-            "reason": reason if not state.is_terminal or state is not JobState.COMPLETED else None,
-        }
+        if ids_first:
+            rest = line.split("|", 2)[2]
+            common = decoded.get(rest)
+            if common is None:
+                common = decoded[rest] = _row_fields(parts, col)
+        else:
+            common = _row_fields(parts, col)
         raw = parts[col["JobIDRaw"]].strip() if "JobIDRaw" in col else None
         if task_text and task_text.startswith("["):
             # The database's pending range lags behind: a task with a row of its own is not pending.
-            for t in expand_brackets(task_text):
-                key: tuple[str, int | None] = (job, t)
-                pending.setdefault(key, TaskState(job, t, None, **common))  # type: ignore[arg-type]
+            ranges.append((job, bracket_runs(task_text), common))
             continue
         task = int(task_text) if task_text else None
         key = (job, task)
         attempts[key] = attempts.get(key, 0) + 1
         batch_exit.pop(key, None)  # steps seen so far belong to an earlier attempt
         latest[key] = TaskState(job, task, raw, **common)  # type: ignore[arg-type]
-    for key, ts in pending.items():
-        if key not in latest:
-            latest[key] = ts
-            attempts[key] = 1
-    out = []
+    out: list[TaskRun] = []
     for key, ts in latest.items():
         restarts = attempts[key] - 1
         code = ts.exit_code
         if ts.state in _STOPPED and not code and batch_exit.get(key):
             code = batch_exit[key]
-        out.append(TaskState(ts.job, ts.task, ts.raw_id, ts.state, code, ts.started_at, ts.ended_at,
-                             ts.reason, restarts))
+        if restarts or code != ts.exit_code:
+            ts = TaskState(ts.job, ts.task, ts.raw_id, ts.state, code, ts.started_at, ts.ended_at, ts.reason,
+                           restarts)
+        out.append(TaskRun(ts, ts.task, ts.task))
+    own: dict[str, list[int]] = {}
+    for job, task in latest:
+        if task is not None:
+            own.setdefault(job, []).append(task)
+    covered: dict[str, list[tuple[int, int]]] = {}
+    for job, runs, common in ranges:
+        ts = TaskState(job, None, None, **common)  # type: ignore[arg-type]
+        taken = sorted([(t, t) for t in own.get(job, [])] + covered.get(job, []))
+        for lo, hi in runs:
+            for first, last in _subtract(lo, hi, taken):
+                out.append(TaskRun(ts, first, last))
+        covered.setdefault(job, []).extend(runs)
+    return out
+
+
+def _subtract(lo: int, hi: int, taken: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The parts of ``lo..hi`` outside the sorted runs ``taken``."""
+    out: list[tuple[int, int]] = []
+    start = lo
+    for a, b in taken:
+        if b < start or a > hi:
+            continue
+        if a > start:
+            out.append((start, a - 1))
+        start = max(start, b + 1)
+        if start > hi:
+            break
+    if start <= hi:
+        out.append((start, hi))
     return out
 
 
