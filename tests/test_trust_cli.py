@@ -11,6 +11,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -315,3 +316,30 @@ def test_csv_cells_never_start_a_formula() -> None:
     assert [csv_cell(v) for v in ("=SUM(A1)", "+1", "-x", "@cmd", "\tx", "ok", -1.5, None)] == [
         "'=SUM(A1)", "'+1", "'-x", "'@cmd", "'\tx", "ok", -1.5, ""]
     assert clean("a\x1b[31mb\nc") == "a?[31mb c"
+
+
+def test_a_stopped_job_is_not_final_until_its_batch_step_is_recorded() -> None:
+    """slurmdbd writes a cancelled job's row before its batch step's: read in between, the job would be cached
+    as final with exit code 0 for good. It stays "completing" until the step is there (at most a minute)."""
+    from suanli.compute.slurm.parse import BATCH_STEP_GRACE_S, parse_sacct_runs
+    from suanli.jobs.state import JobState
+
+    text = "7|7|CANCELLED by 0|0:0|2026-11-30T10:00:00|2026-11-30T10:00:30|None\n"
+    ended = datetime.fromisoformat("2026-11-30T10:00:30").timestamp()
+    [run] = parse_sacct_runs(text, with_steps=True, now=ended + 1)
+    assert (run.state.state, run.state.reason, run.state.exit_code) == (JobState.RUNNING, "Completing", None)
+    [run] = parse_sacct_runs(text, with_steps=True, now=ended + BATCH_STEP_GRACE_S + 1)
+    assert (run.state.state, run.state.exit_code) == (JobState.CANCELLED, 0)  # the step never came: give up
+    [run] = parse_sacct_runs(text + "7.batch|7.batch|CANCELLED|0:15|||\n", with_steps=True, now=ended + 1)
+    assert (run.state.state, run.state.exit_code) == (JobState.CANCELLED, 143)
+    [run] = parse_sacct_runs(text, now=ended + 1)  # -X: no steps asked for, nothing to wait for
+    assert run.state.state is JobState.CANCELLED
+    never_ran = "8|8|CANCELLED by 0|0:0|None|2026-11-30T10:00:30|None\n"
+    [run] = parse_sacct_runs(never_ran, with_steps=True, now=ended + 1)
+    assert run.state.state is JobState.CANCELLED
+    running_step = text + "7.batch|7.batch|RUNNING|0:0|2026-11-30T10:00:00|Unknown|\n"
+    [run] = parse_sacct_runs(running_step, with_steps=True, now=ended + 1)
+    assert run.state.state is JobState.RUNNING  # the step's end (and signal) is not recorded yet
+    zero_first = text + "7.batch|7.batch|CANCELLED|0:0|2026-11-30T10:00:00|2026-11-30T10:00:30|\n"
+    [run] = parse_sacct_runs(zero_first, with_steps=True, now=ended + 1)
+    assert run.state.state is JobState.RUNNING  # slurmdbd writes the step's 0:15 a moment later

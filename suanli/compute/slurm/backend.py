@@ -369,7 +369,7 @@ class SlurmBackend(Backend):
         ids = ",".join(sorted(by_native))
         argv = ["sacct", "--parsable2", "--noheader", "-D", "-j", ids, "-o", ",".join(parse.SACCT_FIELDS)]
         try:
-            runs = parse.parse_sacct_runs(self.run(argv, "sacct").stdout)
+            runs = parse.parse_sacct_runs(self.run(argv, "sacct").stdout, with_steps=True)
         except BackendError as exc:
             if "accounting storage is disabled" not in str(exc).lower() and "slurmdbd" not in str(exc).lower():
                 raise

@@ -4,6 +4,7 @@ be tested on captured real outputs."""
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Iterable
 from datetime import datetime
 from typing import NamedTuple
@@ -182,7 +183,13 @@ def _row_fields(parts: list[str], col: dict[str, int]) -> dict[str, object]:
     }
 
 
-def parse_sacct_runs(text: str, fields: Iterable[str] = SACCT_FIELDS) -> list[TaskRun]:
+#: How long a stopped job whose batch step slurmdbd has not recorded yet stays "completing": its exit code (the
+#: signal) is on that step, and a terminal state is cached for good once seen.
+BATCH_STEP_GRACE_S = 60.0
+
+
+def parse_sacct_runs(text: str, fields: Iterable[str] = SACCT_FIELDS, with_steps: bool = False,
+                     now: float | None = None) -> list[TaskRun]:
     """Like ``parse_sacct``, but a pending array range stays one run (minus the tasks that have rows of their
     own): the work is per sacct row, never per task. Identical rows but for their ids (thousands of pending
     jobs) are decoded once."""
@@ -234,6 +241,14 @@ def parse_sacct_runs(text: str, fields: Iterable[str] = SACCT_FIELDS) -> list[Ta
         code = ts.exit_code
         if ts.state in _STOPPED and not code and batch_exit.get(key):
             code = batch_exit[key]
+        elif (with_steps and ts.state in _STOPPED and not code and not batch_exit.get(key) and ts.started_at
+              and ts.ended_at and (time.time() if now is None else now) - ts.ended_at < BATCH_STEP_GRACE_S):
+            # It ran, so its batch step ends with the signal that stopped it; slurmdbd writes the step (first
+            # as 0:0, then 0:15) after the job's row. Not final until the signal is there: a state cached as
+            # final would keep exit code 0 for good.
+            out.append(TaskRun(TaskState(ts.job, ts.task, ts.raw_id, JobState.RUNNING, None, ts.started_at, None,
+                                         "Completing", restarts), ts.task, ts.task))
+            continue
         if restarts or code != ts.exit_code:
             ts = TaskState(ts.job, ts.task, ts.raw_id, ts.state, code, ts.started_at, ts.ended_at, ts.reason,
                            restarts)
