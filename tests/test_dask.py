@@ -225,13 +225,16 @@ def test_the_sweep_returns_right_after_its_last_item(slurm: Any, slurm_conf: str
     assert slurm.accounts.ledger.reservations() == []
     # Each pilot asked Slurm for the core's share of the partition (7000M / 8 cores) and told its worker the same.
     for r in slurm.store.query(ids=pilots):
-        # ReqMem, or the mem= of ReqTRES (one CI run printed ReqMem as "16?" for a pilot whose ReqTRES we did
-        # not see; either shows what sbatch was asked for).
-        req = subprocess.run(["sacct", "-X", "-n", "-P", "-o", "ReqMem,ReqTRES", "-j", r.native_id],
-                             capture_output=True, text=True, env=dict(os.environ, SLURM_CONF=slurm_conf),
-                             timeout=30).stdout.strip()
-        mem, _, tres = req.partition("|")
-        assert mem == "875M" or "mem=875M" in tres.split(","), req
+        # slurmdbd may list a just-cancelled job before its requested TRES (ReqMem "16?", ReqTRES empty): read
+        # it again until the request is there.
+        def requested(native: str = str(r.native_id)) -> str | None:
+            out = subprocess.run(["sacct", "-X", "-n", "-P", "-o", "ReqMem,ReqTRES", "-j", native],
+                                 capture_output=True, text=True, env=dict(os.environ, SLURM_CONF=slurm_conf),
+                                 timeout=30).stdout.strip()
+            return out if out.partition("|")[2] else None
+
+        mem, _, tres = until(requested, 60, "sacct to record the pilot's request").partition("|")
+        assert mem == "875M" and "mem=875M" in tres.split(","), (mem, tres)
         words = shlex.split((Path(r.job_dir) / "job.sh").read_text().strip().splitlines()[-1])
         assert words.count("--memory-limit") == 1 and words[words.index("--memory-limit") + 1] == "875.00MiB"
 
