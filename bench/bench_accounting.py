@@ -36,7 +36,7 @@ from _util import median_s  # noqa: E402
 from suanli.accounting.estimate import worst_case  # noqa: E402
 from suanli.accounting.ledger import Ledger  # noqa: E402
 from suanli.accounting.quota import Quota  # noqa: E402
-from suanli.accounting.sacct import FIELDS, ParseStats, parse_usage  # noqa: E402
+from suanli.accounts_slurm import FIELDS, ParseStats, parse_usage  # noqa: E402
 from suanli.jobs.resources import Resources  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"

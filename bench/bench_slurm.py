@@ -92,7 +92,7 @@ def main() -> None:
             calls.append(argv[0])
             return real_run(self, argv, what, input_text)
 
-        sb.SlurmBackend.run = counting  # type: ignore[method-assign]
+        sb.SlurmBackend.run = counting  # type: ignore[method-assign, assignment]
 
         def suanli_map() -> None:
             calls.clear()

@@ -6,13 +6,14 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
-bash scripts/install.sh "$VENV" >/dev/null || { echo "test.sh: install failed" >&2; exit 1; }
+bash scripts/install.sh "$VENV" --tests >/dev/null || { echo "test.sh: install failed" >&2; exit 1; }
 PY="$VENV/bin/python"
 
 # The services the tests talk to: Slurm (tests/slurm/cluster.sh), a Ray head (tests/ray/head.sh) and a PostgreSQL
 # server (tests/postgres/server.sh), each in its own folder, stopped on exit. SUANLI_SKIP_SLURM=1, SUANLI_SKIP_RAY=1,
-# SUANLI_SKIP_POSTGRES=1 leave one out. The 3-node cluster in network namespaces (tests/slurm/multinode.sh, needs root)
-# runs the tests marked multinode; SUANLI_SKIP_MULTINODE=1 leaves it out, and `-m multinode` starts only it.
+# SUANLI_SKIP_POSTGRES=1 leave one out. The 3-node Slurm cluster in network namespaces (tests/slurm/multinode.sh,
+# needs root) and the 2-node Ray cluster (tests/ray/multinode.sh) run the tests marked multinode;
+# SUANLI_SKIP_MULTINODE=1 leaves them out, and `-m multinode` starts only them.
 start_service() {  # NAME SCRIPT
     local name=$1 script=$2 dir
     dir=$(mktemp -d "/tmp/suanli-$name.XXXXXX")
@@ -41,6 +42,8 @@ if [ "$only_multinode" = 0 ]; then
         start_service postgres tests/postgres/server.sh
 fi
 [ "${SUANLI_SKIP_MULTINODE:-0}" = 1 ] || start_service multinode tests/slurm/multinode.sh
+# The 2-node Ray cluster (head and worker in their own namespaces) for the multi-node Ray tests.
+[ "${SUANLI_SKIP_MULTINODE:-0}" = 1 ] || start_service raymulti tests/ray/multinode.sh
 
 "$PY" -m pytest -p no:cacheprovider "$@"
 rc=$?

@@ -9,21 +9,18 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
-import re
 import time
 from collections.abc import Iterator, Sequence
-from datetime import datetime
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from suanli.accounting.db import LedgerError
 from suanli.accounting.estimate import Estimate, worst_case
 from suanli.accounting.ledger import Check, Ledger
 from suanli.accounting.records import UsageRecord, charge_of
-from suanli.accounting.sacct import FIELDS, ParseStats, parse_usage
+from suanli.accounts_slurm import SYNC_WINDOW_S, SlurmAccounting, SyncResult, _login, _rates, parse_usage
 from suanli.compute.backends import usage_source
 from suanli.compute.config import ClusterConfig
+from suanli.compute.slurm.sacct_usage import ParseStats
 from suanli.errors import BackendError, SuanliError, UsageError
 from suanli.jobs.resources import Resources
 from suanli.jobs.state import JobState
@@ -31,33 +28,15 @@ from suanli.jobs.state import JobState
 if TYPE_CHECKING:
     from suanli.api import Client
     from suanli.compute.base import Submission
-    from suanli.compute.slurm.backend import SlurmBackend
     from suanli.compute.store import JobRow
+
+__all__ = ["SYNC_WINDOW_S", "Accounts", "SyncResult"]
 
 log = logging.getLogger("suanli")
 
-#: sacct is read in windows of this many seconds, so a centre's years of history stream in pieces.
-SYNC_WINDOW_S = 86400.0
+class Accounts(SlurmAccounting):
+    """The accounting service that ``api.Client`` owns: the ledger, admission, booking ended jobs, sync."""
 
-
-@dataclasses.dataclass
-class SyncResult:
-    cluster: str
-    backend: str
-    since: float
-    until: float
-    records: int
-    skipped_lines: int = 0
-    open_jobs: int = 0
-    unknown_states: tuple[str, ...] = ()
-    released: int = 0
-    error: str | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-
-class Accounts:
     def __init__(self, client: Client) -> None:
         self.client = client
         self._ledger: Ledger | None = None
@@ -262,196 +241,3 @@ class Accounts:
         self.ledger.set_mark(cfg.name, "registry:" + self.user(_login()), until)
         return SyncResult(cfg.name, cfg.backend, since or 0.0, until, n, released=len(rows))
 
-    def _sync_slurm(self, cfg: ClusterConfig, since: float | None, all_users: bool,
-                    until: float | None) -> SyncResult:
-        """Book one physical Slurm cluster's jobs from sacct. Every config over the same cluster books the same
-        records (keyed on the physical cluster, not the config) and moves the same sync mark, so a job is
-        booked once whichever config submitted or synced it."""
-        scope = "all" if all_users else self.user(_login())
-        until = time.time() if until is None else until
-        key = self.physical(cfg)
-        siblings = self.siblings(cfg)
-        names = [c.name for c in siblings]
-        if self.ledger.db.may_rewrite:
-            self.ledger.adopt_keys(names, key)  # records booked before ids named the physical cluster
-        if since is None:
-            since = self.ledger.mark(key, scope) or self.ledger.mark(cfg.name, scope)
-        if since is None:  # first sync: the start of last month
-            t = datetime.fromtimestamp(until)
-            since = datetime(t.year - (t.month == 1), (t.month - 2) % 12 + 1, 1).timestamp()
-        natives: dict[str, tuple[str, str]] = {}  # native id -> (suanli id, config that submitted it)
-        for r in self.client.store.query():
-            if r.cluster in names:
-                for n in (r.native_id or "").split(","):
-                    if n:
-                        natives[n] = (r.id, r.cluster)
-        reserved = set().union(*(self.ledger.reserved_natives(n) for n in names))
-        stats = ParseStats(track=set(natives) | reserved)
-        # A job no suanli of this registry submitted shows under one config of the cluster, always the same.
-        owner = next((c for c in siblings if c.name == key.removeprefix("slurm:")), siblings[0])
-        rates = {c.name: _rates(c) for c in siblings}
-        total = 0
-        lo = since
-        while lo < until:
-            hi = min(lo + SYNC_WINDOW_S, until)
-            argv = ["-S", _sacct_time(lo), "-E", _sacct_time(hi)] + (["--allusers"] if all_users else [])
-            lines = self._sacct(cfg, argv)
-            parsed = parse_usage(lines, owner.name, rates[owner.name], stats=stats, key=key)
-            total += self.ledger.record(self._submitters(parsed, natives, owner.name, rates))
-            lo = hi
-        done = stats.booked_jobs - stats.open_jobs
-        release_jobs = sorted({natives[n][0] for n in done if n in natives}
-                              - {natives[n][0] for n in stats.open_jobs if n in natives})
-        self.ledger.release(release_jobs, (names, sorted(done)))
-        # The mark moves only after every window is stored: a sync killed halfway redoes the same windows,
-        # and the upsert on record_id makes that rewrite the same rows.
-        self.ledger.set_mark(key, scope, until)
-        return SyncResult(cfg.name, "slurm", since, until, total, stats.bad, len(stats.open_jobs),
-                          tuple(sorted(stats.unknown_states)), len(release_jobs))
-
-    @staticmethod
-    def _submitters(records: Iterator[UsageRecord], natives: dict[str, tuple[str, str]], owner: str,
-                    rates: dict[str, Any]) -> Iterator[UsageRecord]:
-        """Records of jobs this registry submitted carry their suanli id and the config (and its rates) that
-        submitted them."""
-        for rec in records:
-            known = natives.get((rec.native_id or "").split("_")[0])
-            if known is None:
-                yield rec
-                continue
-            job_id, name = known
-            if name == owner:
-                yield dataclasses.replace(rec, job_id=job_id)
-                continue
-            cpu_rate, acc_rate, adapter = rates[name](rec.partition)
-            yield dataclasses.replace(rec, job_id=job_id, cluster=name, adapter=adapter,
-                                      charge=charge_of(rec.cpu_seconds, rec.accelerator_seconds, cpu_rate, acc_rate))
-
-    # ------------------------------------------------------------ which Slurm cluster a config names
-    def physical(self, cfg: ClusterConfig) -> str:
-        """``slurm:CLUSTERNAME``, the key of the Slurm cluster behind a config: its slurm.conf's ClusterName
-        (read from the file, else ``scontrol show config``), else the conf file's real path. Sacct's job ids
-        are unique per Slurm cluster, so usage records and sync marks are keyed on this, not the config."""
-        conf = str(cfg.slurm.get("conf") or os.environ.get("SLURM_CONF") or "/etc/slurm/slurm.conf")
-        if conf not in self._physical:
-            name = _conf_cluster_name(Path(conf))
-            if name is None:
-                try:
-                    name = self._slurm(cfg).config().get("ClusterName") or None
-                except BackendError:
-                    name = None
-            self._physical[conf] = "slurm:" + (name.lower() if name else "conf:" + os.path.realpath(conf))
-        return self._physical[conf]
-
-    def siblings(self, cfg: ClusterConfig) -> list[ClusterConfig]:
-        """The Slurm configs over the same physical cluster as ``cfg`` (itself included), by name."""
-        key = self.physical(cfg)
-        out = [c for c in self.client.configs.clusters.values() if c.backend == "slurm" and self.physical(c) == key]
-        return sorted(out or [cfg], key=lambda c: c.name)
-
-    def _slurm(self, cfg: ClusterConfig) -> SlurmBackend:
-        """The cluster's Slurm backend: it owns running Slurm's commands (SLURM_CONF, retries, streaming)."""
-        from suanli.compute.slurm.backend import SlurmBackend
-
-        backend = self.client.backend(cfg.name, "slurm")
-        assert isinstance(backend, SlurmBackend)
-        return backend
-
-    def _sacct(self, cfg: ClusterConfig, extra: list[str]) -> Iterator[str]:
-        """Stream sacct's usage lines (header first). Without -X: the step lines carry the measured CPU time
-        (Slurm 22.05 prints TotalCPU 00:00:00 on a -X allocation line), and the parser folds them in."""
-        argv = ["sacct", "--parsable2", "-D", "-o", ",".join(FIELDS), *extra]
-        return self._slurm(cfg).stream(argv, f"cluster {cfg.name}: sacct")
-
-    # ------------------------------------------------------------ Slurm association limits
-    def apply_plan(self, cluster: str) -> tuple[list[list[str]], list[str]]:
-        """The sacctmgr commands that mirror the quotas into Slurm's GrpTRESMins, and warnings."""
-        from suanli.adapters import adapter_names, get_adapter
-
-        cfg = self.client.configs.cluster(cluster)
-        if cfg.backend != "slurm":
-            raise UsageError(f"quota apply: cluster {cluster!r} runs {cfg.backend}, not slurm; only Slurm "
-                             "enforces quotas itself (elsewhere suanli checks them at submission)")
-        conf = self._slurm(cfg).config()
-        slurm_name = conf.get("ClusterName", cfg.name)
-        gres = {a.accelerator_kind: a.gres_name for a in map(get_adapter, adapter_names())
-                if a.accelerator_kind and a.gres_name}
-        warnings: list[str] = []
-        cmds: list[list[str]] = []
-        reset = conf.get("PriorityUsageResetPeriod", "NONE").upper()
-        decay = conf.get("PriorityDecayHalfLife", "")
-        for q in self.ledger.quotas():
-            # Slurm holds one limit per association: the quota in force now (overlapping ones are refused).
-            if q.cluster not in (None, cluster) or q.window() is None:
-                continue
-            tres = []
-            if q.cpu_hours is not None:
-                tres.append(f"cpu={round(q.cpu_hours * 60)}")
-            for kind, hours in sorted(q.accelerator_hours.items()):
-                tres.append(f"gres/{gres.get(kind, kind)}={round(hours * 60)}")
-            if q.charge is not None:
-                warnings.append(f"quota {q.id} ({q.scope()}): its charge limit is enforced by suanli only")
-            if not tres:
-                continue
-            want = "MONTHLY" if q.period == "month" else "NONE"
-            if reset != want:
-                warnings.append(f"quota {q.id} ({q.scope()}) is per {q.period}, but Slurm resets usage "
-                                f"{reset} (PriorityUsageResetPeriod); set it to {want} so both agree")
-            where = ["where", f"name={q.user or q.account}", f"cluster={slurm_name}"]
-            if q.user:
-                where.append(f"account={q.account}")
-            cmds.append(["sacctmgr", "-i", "modify", "user" if q.user else "account", *where, "set",
-                         "GrpTRESMins=" + ",".join(tres)])
-        if decay not in ("", "0", "00:00:00", "0-00:00:00"):
-            warnings.append(f"PriorityDecayHalfLife is {decay}: Slurm decays recorded usage, so its limits drift "
-                            "from the ledger; set it to 0")
-        return cmds, warnings
-
-    def apply(self, cluster: str) -> tuple[list[list[str]], list[str]]:
-        cmds, warnings = self.apply_plan(cluster)
-        slurm = self._slurm(self.client.configs.cluster(cluster))
-        hint = "(does the association exist? sacctmgr show assoc)"
-        for argv in cmds:
-            what = f"quota apply: {' '.join(argv[3:5])}"
-            try:
-                out = slurm.run(argv, what).stdout
-            except BackendError as exc:
-                raise BackendError(f"{exc} {hint}") from None
-            if "Nothing modified" in out:
-                raise BackendError(f"{what}: sacctmgr modified nothing {hint}")
-        return cmds, warnings
-
-
-# ---------------------------------------------------------------- helpers
-def _login() -> str:
-    from suanli.compute.base import current_user
-
-    return current_user()
-
-
-_CLUSTER_NAME = re.compile(r"^\s*ClusterName\s*=\s*([^\s#]+)", re.IGNORECASE | re.MULTILINE)
-
-
-def _conf_cluster_name(conf: Path) -> str | None:
-    """ClusterName from a slurm.conf (None when unreadable or absent: configless sites ask scontrol)."""
-    try:
-        m = _CLUSTER_NAME.search(conf.read_text(errors="replace"))
-    except OSError:
-        return None
-    return m.group(1) if m else None
-
-
-def _sacct_time(t: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(t))
-
-
-def _rates(cfg: ClusterConfig) -> Any:
-    parts = {p.name: p for p in cfg.partitions}
-
-    def rates(partition: str | None) -> tuple[float, float, str | None]:
-        p = parts.get(partition or "")
-        if p is None:
-            return 0.0, 0.0, None
-        return p.charge.cpu_hour, p.charge.accelerator_hour, p.adapter
-
-    return rates

@@ -7,7 +7,6 @@ the registry behave the same from either.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -25,28 +24,30 @@ from suanli.compute.config import (
     PartitionConfig,
     load_configs,
 )
+from suanli.compute.fit import check_capabilities
 from suanli.compute.fit import check_fits as check_fits
 from suanli.compute.logs import follow_files as follow_files
-from suanli.compute.store import JobRow, Store, TaskUpdate
+from suanli.compute.store import JobRow, Store
 from suanli.compute.submitter import new_id as new_id
-from suanli.compute.submitter import submitter, submitter_gone, test_pause
-from suanli.errors import BackendError, JobFailedError, RemoteTraceback, SuanliError, UsageError
+from suanli.compute.submitter import submitter, test_pause
+from suanli.errors import JobFailedError, RemoteTraceback, UsageError
 from suanli.jobs.build import RESOURCE_OPTIONS as RESOURCE_OPTIONS
 from suanli.jobs.build import SPEC_OPTIONS as SPEC_OPTIONS
 from suanli.jobs.build import build_spec as build_spec
 from suanli.jobs.handle import Job, JobArray, JobController, Stream
 from suanli.jobs.record import JobInfo
 from suanli.jobs.spec import Array, Dependency, JobSpec, Map
+from suanli.refresh import StatusRefresh
 
 log = logging.getLogger("suanli")
 
 if TYPE_CHECKING:
     from suanli.accounts import Accounts
     from suanli.compute.dask.engine import Sweep
-    from suanli.jobs.state import JobState
+    from suanli.routing import Routed
 
 
-class Client(JobController):
+class Client(StatusRefresh, JobController):
     """Submission, status and handles over one registry (``$SUANLI_HOME``) and one config search path."""
 
     def __init__(self, config: str | None = None, store: Store | None = None) -> None:
@@ -107,6 +108,7 @@ class Client(JobController):
         res = res.for_workload(spec.workload)  # ranks are tasks: fit check, estimate, sbatch and booking
         check_fits(res, part, where)
         backend = self._submit_backend(cfg)
+        check_capabilities(spec, backend.capabilities, f"cluster {cfg.name!r} (backend {cfg.backend})")
         if spec.array is not None:
             self._check_array_size(len(spec.array), cfg, backend)
         deps = tuple(self._dependency(d, cfg.name) for d in spec.dependencies)
@@ -151,15 +153,29 @@ class Client(JobController):
         return DependencyRef(kind=dep.kind, job_id=row.id, native_id=row.native_id, job_dir=row.job_dir)
 
     def plan(self, spec: JobSpec, cluster: str | None = None) -> tuple[Plan, Submission]:
+        """The plan a submission would run; with ``cluster="auto"`` the routed one, its rows in ``plan.routing``."""
+        sub, backend, plan = self._prepare_plan(spec, cluster)
+        return plan, sub
+
+    def route(self, spec: JobSpec, cluster: str | None = None) -> Routed:
+        """Where ``--cluster auto`` would send the job, and every candidate it weighed (see ``routing.py``)."""
+        from suanli.routing import route
+
+        return route(self, spec, cluster)
+
+    def _prepare_plan(self, spec: JobSpec, cluster: str | None) -> tuple[Submission, Backend, Plan]:
+        if (spec.cluster or cluster) == "auto" or spec.partition == "auto":
+            routed = self.route(spec, cluster)
+            routed.plan.routing = routed.to_json()
+            return routed.sub, routed.backend, routed.plan
         sub, backend = self.prepare(spec, cluster)
-        return backend.plan(sub), sub
+        return sub, backend, backend.plan(sub)
 
     def submit_spec(self, spec: JobSpec, cluster: str | None = None) -> Job | JobArray:
         """Plan, record, submit. A refused submission leaves nothing in the registry."""
         from suanli.jobs.state import JobState
 
-        sub, backend = self.prepare(spec, cluster)
-        plan = backend.plan(sub)
+        sub, backend, plan = self._prepare_plan(spec, cluster)
         s = sub.spec
         row = JobRow(
             id=sub.job_id, name=s.display_name, cluster=sub.cluster.name, backend=sub.cluster.backend,
@@ -169,14 +185,14 @@ class Client(JobController):
                   "dependencies": [f"{d.kind}:{d.job_id}" for d in sub.dependencies],
                   "max_restarts": s.max_restarts, "qos": s.qos, "constraint": s.constraint,
                   "adapter": sub.adapter.name, "layout": plan.details.get("layout", {}),
-                  "submitter": submitter()},
+                  "submitter": submitter(), **({"routing": plan.routing} if plan.routing else {})},
             done=False,
         )
         # Reservations of submissions whose submitter died are given back before this one is weighed.
         self.reconcile_unsubmitted(self.store.unsubmitted())
         # The quota check reserves the worst case before anything reaches the scheduler (exit 3 if it does
         # not fit); a refused submission gives the reservation back.
-        checks = self.accounts.admit(sub, self.accounts.estimate(sub)) if self._quota_may_apply(sub) else []
+        checks = self.accounts.admit(sub, self.accounts.estimate(sub)) if self.quota_may_apply(sub) else []
         try:
             self.store.insert(row, sub.tasks, JobState.PENDING, "Submitting")
         except BaseException:
@@ -199,7 +215,7 @@ class Client(JobController):
             return JobArray(sub.job_id, self, list(s.array.indices))
         return Job(sub.job_id, self)
 
-    def _quota_may_apply(self, sub: Submission) -> bool:
+    def quota_may_apply(self, sub: Submission) -> bool:
         """Admission's own first checks (``Accounts.admit``), made without loading the accounting package: a
         job without an account has no quota, and nobody has one while no ledger is configured and the SQLite
         one (``Ledger``'s ``$SUANLI_HOME/ledger.db``) was never written."""
@@ -251,121 +267,11 @@ class Client(JobController):
             return JobArray(row.id, self, tasks)
         return Job(row.id, self, task)
 
-    # ------------------------------------------------------------ status
-    def refresh(self, rows: Sequence[JobRow], strict: bool = False) -> dict[str, JobRow]:
-        """Ask each backend once for every unfinished task of these jobs; terminal states are cached. Returns
-        the rows it asked about as they are now (jobs that just ended are booked in the ledger)."""
-        changed = self.reconcile_unsubmitted([r for r in rows if not r.done and r.native_id is None])
-        if changed:
-            again = {r.id: r for r in self.store.query(ids=changed)}
-            rows = [again.get(r.id, r) for r in rows]
-        open_rows = [r for r in rows if not r.done and r.native_id is not None]
-        if not open_rows:
-            return {r.id: r for r in rows if r.id in changed}
-        groups: dict[tuple[str, str], list[JobRow]] = {}
-        for r in open_rows:
-            groups.setdefault((r.cluster, r.backend), []).append(r)
-        updates: list[TaskUpdate] = []
-        runs_changed = 0
-        for (cluster, backend_name), group in groups.items():
-            try:
-                backend = self.backend(cluster, backend_name)
-                status_runs = getattr(backend, "status_runs", None)
-                if status_runs is not None:
-                    # Ranges of tasks compared and written by SQLite: no task row is read into Python.
-                    runs_changed += self.store.apply_runs(status_runs([self._ref(r) for r in group]))
-                else:
-                    updates += self._task_updates(backend, group)
-            except (BackendError, UsageError) as exc:
-                # One unreachable (or no longer configured) cluster must not hide the others: its jobs keep
-                # their last known states. Waiting on them (strict) fails instead of waiting forever.
-                if strict:
-                    raise
-                log.warning("cluster %s: states not refreshed: %s", cluster, exc)
-                continue
-        if not updates and not runs_changed and not changed:
-            return {}
-        if updates:
-            self.store.update_tasks(updates)
-        fresh = {r.id: r for r in self.store.query(ids=[*changed, *(r.id for r in open_rows)])}
-        ended = [r for r in fresh.values() if r.done]
-        if ended:
-            self.accounts.finished(ended)
-        return fresh
-
-    def _task_updates(self, backend: Backend, group: Sequence[JobRow]) -> list[TaskUpdate]:
-        """Task by task, for backends that answer per task: what changed since the registry's last look."""
-        from suanli.jobs.state import JobState
-
-        terminal = {s.value for s in JobState if s.is_terminal}
-        tasks = self.store.tasks([r.id for r in group])
-        known = {(r.id, None if t[0] == -1 else t[0]): t for r in group for t in tasks[r.id]}
-        refs = []
-        for r in group:
-            live = tuple(None if t[0] == -1 else t[0] for t in tasks[r.id] if t[1] not in terminal)
-            if live:
-                refs.append(self._ref(r, live))
-        updates: list[TaskUpdate] = []
-        for (job_id, task), st in (backend.status_many(refs) if refs else {}).items():
-            if _unchanged(known.get((job_id, task)), st):
-                continue  # a big array's status rewrites only the tasks that changed
-            updates.append(TaskUpdate(job_id, task, st.state, st.reason, st.restarts, st.started_at,
-                                      st.ended_at, st.exit_code, st.native_id, st.attempts))
-        return updates
-
-    def reconcile_unsubmitted(self, rows: Sequence[JobRow], lost: JobState | None = None) -> list[str]:
-        """Rows still "Submitting" whose submitter died: the backend is asked whether the job reached it. Found:
-        its native id is recorded and it is followed like any other job. Not found: it ends ``lost`` (FAILED,
-        or CANCELLED when a cancel asked) with reason SubmitLost, having run nothing, and its quota reservation
-        is given back. Returns the ids of the rows it changed."""
-        from suanli.jobs.state import JobState
-
-        changed: list[str] = []
-        released: list[str] = []
-        for r in rows:
-            if r.done or r.native_id is not None or not submitter_gone(r):
-                continue
-            try:
-                backend = self.backend(r.cluster, r.backend)
-                native = backend.find_submitted(self._ref(r), r.submitted_at)
-            except (BackendError, UsageError) as exc:
-                log.warning("job %s: its submitter died; cannot ask cluster %s about it yet: %s", r.id, r.cluster,
-                            exc)
-                continue
-            if native:
-                self.store.set_native_id(r.id, native)
-                self._ledger_call(functools.partial(_bind, job_id=r.id, native_id=native))
-            else:
-                self.store.end_unsubmitted(r.id, lost or JobState.FAILED, "SubmitLost")
-                released.append(r.id)
-            changed.append(r.id)
-        if released:
-            self._ledger_call(lambda ledger: ledger.release(released))
-        return changed
-
-    def _ledger_call(self, fn: Callable[[Any], None]) -> None:
-        """Run ``fn(ledger)`` when a ledger is in use; a failure only warns (`accounting sync` catches up)."""
-        try:
-            if self.configs.settings.ledger is None and not self.accounts.ledger.db.exists:
-                return
-            fn(self.accounts.ledger)
-        except (SuanliError, OSError) as exc:
-            log.warning("ledger not updated for an abandoned submission: %s", exc)
-
-    def list_infos(self, rows: Sequence[JobRow], refresh: bool = True, strict: bool = False) -> list[JobInfo]:
-        if refresh:
-            fresh = self.refresh(rows, strict)
-            rows = [fresh.get(r.id, r) for r in rows]
-        return self.store.infos(rows)
-
     def _row(self, job_id: str) -> JobRow:
         row = self.store.get(job_id)
         if row is None:
             raise UsageError(f"job: no job {job_id!r} in the registry {self.store.path}")
         return row
-
-    def _ref(self, row: JobRow, tasks: tuple[int | None, ...] = ()) -> JobRef:
-        return JobRef(row.id, row.native_id, row.job_dir, tasks, row.meta.get("layout") or {})
 
     # ------------------------------------------------------------ JobController
     def infos(self, job_id: str) -> list[JobInfo]:
@@ -464,19 +370,4 @@ class Client(JobController):
                     self._ref(row, () if task is None else (task,)))
         for (cluster, backend_name), refs in groups.items():
             self.backend(cluster, backend_name).cancel(refs)
-
-
-def _bind(ledger: Any, job_id: str, native_id: str) -> None:
-    ledger.bind(job_id, native_id)
-
-
-def _unchanged(known: tuple[Any, ...] | None, st: Any) -> bool:
-    """Whether a backend's answer repeats what the registry already holds for the task."""
-    if known is None:
-        return False
-    _, state, reason, restarts, started, ended, code, native = known
-    return (st.state.value == state and st.reason == reason and st.restarts == restarts
-            and st.started_at in (None, started) and st.ended_at == ended and st.exit_code == code
-            and st.native_id in (None, native))
-
 

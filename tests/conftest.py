@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -200,3 +201,40 @@ def slurm_multi(home: Path, slurm_multi_conf: str, tmp_path: Path, monkeypatch: 
         ids = [n for r in open_jobs if r.native_id for n in r.native_id.split(",")]
         subprocess.run(["scancel", *ids], capture_output=True, timeout=60)
     c.store.close()
+
+
+# ---------------------------------------------------------------- bounded waits
+def wait_until(cond: Any, what: str, timeout: float = 60.0, every: float = 0.05) -> Any:
+    """Poll ``cond()`` until it returns something true, at most ``timeout`` seconds; the value it returned."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = cond()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(every)
+
+
+# ---------------------------------------------------------------- Slurm requeues
+def wait_releasing_requeued(job: Any, slurm_conf: str, timeout: float) -> Any:
+    """Wait for a job, making each requeued attempt eligible after 5 s: Slurm holds a requeued job back for
+    about two minutes (Reason=BeginTime), which only slows the test down."""
+    env = dict(os.environ, SLURM_CONF=slurm_conf)
+    deadline = time.time() + timeout
+    released: set[str] = set()
+    while time.time() < deadline:
+        state = job.status()
+        if state.is_terminal:
+            return state
+        native = job.info().native_id
+        shown = subprocess.run(["scontrol", "show", "job", native], capture_output=True, text=True, env=env).stdout
+        restarts = shown.split("Restarts=", 1)[-1].split()[0] if "Restarts=" in shown else "?"
+        if "Reason=BeginTime" in shown and restarts not in released:
+            released.add(restarts)
+            # Not at once: slurmd must finish cleaning up the previous attempt of the same job id first,
+            # or it fails the new launch (seen as FAILED, exit 1, with nothing run).
+            subprocess.run(["scontrol", "update", f"jobid={native}", "StartTime=now+5"], capture_output=True,
+                           env=env)
+        time.sleep(0.5)
+    raise TimeoutError(f"job {job.id} still running after {timeout} s")

@@ -25,7 +25,7 @@ from suanli.accounting.estimate import worst_case
 from suanli.accounting.ledger import Ledger
 from suanli.accounting.quota import Quota
 from suanli.accounting.records import UsageRecord
-from suanli.accounting.sacct import ParseStats, parse_usage
+from suanli.accounts_slurm import ParseStats, parse_usage
 from suanli.errors import QuotaExceeded, UsageError
 from suanli.jobs.resources import Resources
 

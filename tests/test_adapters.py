@@ -148,7 +148,7 @@ def test_a_third_party_adapter_adds_its_kind_through_the_entry_point_group(tmp_p
     code = '''
 import json
 from suanli.adapters import accelerator_kinds, get_adapter
-from suanli.accounting.sacct import parse_usage
+from suanli.accounts_slurm import parse_usage
 from suanli.errors import UsageError
 from suanli.jobs.resources import Resources
 res = Resources(accelerators="tensor:2")

@@ -49,6 +49,18 @@ def test_compute_and_accounting_do_not_import_upwards_or_sideways() -> None:
         assert not bad, f"{f} imports {bad}"
 
 
+def test_interop_is_a_top_layer_nothing_in_suanli_imports() -> None:
+    """suanli.interop (PSI/J's executor) sits beside the CLI: it uses the public API, and no suanli module
+    imports it (so psij is never loaded by suanli itself)."""
+    for f in sorted(PKG.rglob("*.py")):
+        if "interop" in f.relative_to(PKG).parts:
+            bad = {m for m in imports_of(f) if m.startswith(("suanli.cli", "suanli.compute", "suanli.accounting"))}
+            assert not bad, f"{f} imports {bad}"
+            continue
+        bad = {m for m in imports_of(f) if m.startswith("suanli.interop")}
+        assert not bad, f"{f} imports {bad}"
+
+
 def test_a_backend_never_imports_another_backend() -> None:
     backends = [d for d in (PKG / "compute").iterdir() if d.is_dir() and (d / "__init__.py").exists()]
     assert backends, "no backend folders found"
@@ -85,7 +97,8 @@ def imported_by(*args: str) -> tuple[subprocess.CompletedProcess[str], set[str]]
 def test_help_imports_nothing_heavy() -> None:
     r, imported = imported_by("--help")
     assert r.returncode == 0
-    heavy = {m for m in imported if m.split(".")[0] in HEAVY + ("yaml", "cloudpickle", "sqlite3")}
+    web = ("starlette", "uvicorn", "jinja2", "prometheus_client", "selenium", "multipart", "anyio")  # the portal's
+    heavy = {m for m in imported if m.split(".")[0] in HEAVY + web + ("yaml", "cloudpickle", "sqlite3")}
     assert not heavy, heavy
 
 
@@ -96,6 +109,7 @@ def test_help_builds_no_verb_parser_and_imports_no_verb_module() -> None:
     r, imported = imported_by("--help")
     assert r.returncode == 0 and "accounting" in r.stdout and "completion" in r.stdout
     loaded = imported & {"suanli.cli.commands", "suanli.cli.accounting_cmd", "suanli.cli.ray_cmd", "logging",
+                         "suanli.cli.portal_cmd", "suanli.portal",
                          "typing", "shutil", "suanli.api"}
     assert not loaded, loaded
 

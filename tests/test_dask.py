@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import run_cli
+from conftest import run_cli, wait_until
 
 from suanli.errors import BackendError, JobFailedError, QuotaExceeded, RemoteTraceback, UsageError
 from suanli.jobs.state import JobState
@@ -41,18 +41,6 @@ def fail_on_three(x: int) -> int:
 def stamped(x: int) -> tuple[int, float]:
     """The item and the wall-clock time it finished (pilots run on this machine: one clock)."""
     return x, time.time()
-
-
-def until(check: Any, timeout: float, what: str, every: float = 0.5) -> Any:
-    """Poll ``check()`` until it returns something true, at most ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        got = check()
-        if got:
-            return got
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(every)
 
 
 def queued(slurm_conf: str, native_ids: list[str]) -> set[str]:
@@ -89,8 +77,8 @@ def test_map_of_500_items_on_two_pilot_workers(slurm: Any, slurm_conf: str) -> N
     # The pilots were scancelled on the way out: gone from the queue, and their rows end (refreshed here or by the
     # sweep's own background refresh).
     assert not wait_gone(slurm_conf, [r.native_id for r in rows])
-    until(lambda: all(i.state.is_terminal for i in slurm.list_infos(slurm.store.query(ids=sweep.pilot_jobs))), 60,
-          "the pilot rows to end")
+    wait_until(lambda: all(i.state.is_terminal for i in slurm.list_infos(slurm.store.query(ids=sweep.pilot_jobs))),
+               "the pilot rows to end", timeout=60, every=0.5)
     assert time.monotonic() - t0 < 90
 
 
@@ -144,7 +132,7 @@ def test_ctrl_c_cancels_the_pilot_jobs(slurm: Any, slurm_conf: str, tmp_path: Pa
             time.sleep(0.3)
         else:
             pytest.fail(f"the pilot jobs did not start within 60 s: {natives}")
-        until(lambda: any(started.iterdir()), 60, "a task to start on a pilot", every=0.1)
+        wait_until(lambda: any(started.iterdir()), "a task to start on a pilot", timeout=60, every=0.1)
         proc.send_signal(sig)
         _, err = proc.communicate(timeout=60)
     finally:
@@ -213,13 +201,14 @@ def test_the_sweep_returns_right_after_its_last_item(slurm: Any, slurm_conf: str
         rows = json.loads(r.stdout)
         return rows if all(row["state"] in ("CANCELLED", "COMPLETED") for row in rows) else None
 
-    rows = until(ended, 60, "`suanli status` to show the pilot jobs ended")
+    rows = wait_until(ended, "`suanli status` to show the pilot jobs ended", timeout=60, every=0.5)
     assert sorted(row["id"] for row in rows) == sorted(pilots)
     natives = [r.native_id for r in slurm.store.query(ids=pilots)]
     assert not wait_gone(slurm_conf, natives)
     # Their usage is booked by that refresh (each pilot ran a few seconds on one core).
-    booked = until(lambda: {row["job"]: row for row in slurm.accounts.ledger.report(["job"])
-                            if row["job"] in natives} or None, 30, "the pilots' usage in the ledger")
+    booked = wait_until(lambda: {row["job"]: row for row in slurm.accounts.ledger.report(["job"])
+                                 if row["job"] in natives} or None, "the pilots' usage in the ledger", timeout=30,
+                        every=0.5)
     assert set(booked) == set(natives)
     assert all(row["jobs"] == 1 and row["cpu_hours"] > 0 and row["job_id"] in pilots for row in booked.values())
     assert slurm.accounts.ledger.reservations() == []
@@ -233,7 +222,8 @@ def test_the_sweep_returns_right_after_its_last_item(slurm: Any, slurm_conf: str
                                  timeout=30).stdout.strip()
             return out if out.partition("|")[2] else None
 
-        mem, _, tres = until(requested, 60, "sacct to record the pilot's request").partition("|")
+        got = wait_until(requested, "sacct to record the pilot's request", timeout=60, every=0.5)
+        mem, _, tres = got.partition("|")
         assert mem == "875M" and "mem=875M" in tres.split(","), (mem, tres)
         words = shlex.split((Path(r.job_dir) / "job.sh").read_text().strip().splitlines()[-1])
         assert words.count("--memory-limit") == 1 and words[words.index("--memory-limit") + 1] == "875.00MiB"
@@ -243,7 +233,8 @@ def test_a_finished_sweep_records_its_pilots_ended_in_process(slurm: Any) -> Non
     """In a process that goes on after the sweep, the pilots' rows end without anyone asking."""
     sweep = slurm.map(stamped, range(8), engine="dask", max_concurrent=1, time="10m")
     assert [v for v, _ in sweep.values] == list(range(8))
-    until(lambda: all(r.done for r in slurm.store.query(ids=sweep.pilot_jobs)), 60, "the pilot rows to end")
+    wait_until(lambda: all(r.done for r in slurm.store.query(ids=sweep.pilot_jobs)), "the pilot rows to end",
+               timeout=60, every=0.5)
     infos = slurm.list_infos(slurm.store.query(ids=sweep.pilot_jobs), refresh=False)
     assert [i.state for i in infos] in ([JobState.CANCELLED], [JobState.COMPLETED])
 

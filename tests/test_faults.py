@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import run_cli
+from conftest import run_cli, wait_until
 from test_trust_cli import one_line_error, read_only
-from test_trust_local import killed_submit, status_json, wait_until
+from test_trust_local import killed_submit, status_json
 
 from suanli.accounting.ledger import Ledger
 from suanli.accounting.quota import Quota

@@ -380,3 +380,13 @@ def test_a_ray_job_whose_submitter_died_is_found_or_lost(ray: Any, tmp_path: Pat
     got = {i["id"]: (i["state"], i["reason"], i["native_id"]) for i in json.loads(r.stdout)}
     assert got[adopted] == ("COMPLETED", None, adopted)
     assert got[lost][:2] == ("FAILED", "SubmitLost")
+
+
+def test_requeue_on_ray_is_refused_not_ignored(home: Path, tmp_path: Path) -> None:
+    """Ray restarts nothing and suanli does not resubmit there: --requeue is exit 2 before anything runs
+    (the backend's capabilities), where it used to be accepted and silently dropped."""
+    cfg = tmp_path / "ray.yaml"
+    cfg.write_text("name: r\nbackend: ray\nray: {address: http://127.0.0.1:9}\npartitions:\n  - {name: cpu}\n")
+    r = run_cli("--config", str(cfg), "submit", "--cluster", "r", "--requeue", "2", "--", "true")
+    assert r.returncode == 2 and "restarts" in r.stderr and "backend ray" in r.stderr, r.stderr
+    assert not (home / "jobs").exists() or not any((home / "jobs").iterdir())

@@ -194,7 +194,7 @@ def test_default_status_finds_recent_jobs_by_index(home: Path) -> None:
 
 
 def test_an_older_registry_gets_the_new_index_in_place(home: Path) -> None:
-    from suanli.compute import store as st
+    from suanli.compute import store_schema as st
 
     home.mkdir(parents=True)
     conn = sqlite3.connect(home / "registry.db")

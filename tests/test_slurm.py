@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import rank_probe, run_cli, two_ranks
+from conftest import rank_probe, run_cli, two_ranks, wait_releasing_requeued
 
 from suanli import MPI, JobSpec, JobState, Resources, Training
 from suanli.errors import BackendError, JobFailedError
@@ -40,29 +40,6 @@ def record_slurm_calls(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
 
 def sq(x: int) -> int:
     return x * x
-
-
-def wait_releasing_requeued(job: Any, slurm_conf: str, timeout: float) -> JobState:
-    """Wait for a job, making each requeued attempt eligible after 5 s: Slurm holds a requeued job back for
-    about two minutes (Reason=BeginTime), which only slows the test down."""
-    env = dict(os.environ, SLURM_CONF=slurm_conf)
-    deadline = time.time() + timeout
-    released: set[str] = set()
-    while time.time() < deadline:
-        state = job.status()
-        if state.is_terminal:
-            return state  # type: ignore[no-any-return]
-        native = job.info().native_id
-        shown = subprocess.run(["scontrol", "show", "job", native], capture_output=True, text=True, env=env).stdout
-        restarts = shown.split("Restarts=", 1)[-1].split()[0] if "Restarts=" in shown else "?"
-        if "Reason=BeginTime" in shown and restarts not in released:
-            released.add(restarts)
-            # Not at once: slurmd must finish cleaning up the previous attempt of the same job id first,
-            # or it fails the new launch (seen as FAILED, exit 1, with nothing run).
-            subprocess.run(["scontrol", "update", f"jobid={native}", "StartTime=now+5"], capture_output=True,
-                           env=env)
-        time.sleep(0.5)
-    raise TimeoutError(f"job {job.id} still running after {timeout} s")
 
 
 def usr2_once_started(job: Any, marker: Path, slurm_conf: str) -> None:

@@ -104,7 +104,7 @@ def test_slurm_name_is_plain() -> None:
 
 
 def test_split_array_keeps_indices_below_the_limit() -> None:
-    from suanli.compute.slurm.backend import split_array
+    from suanli.compute.slurm.launch import split_array
     from suanli.jobs.spec import Array
 
     assert split_array(Array(tuple(range(5))), 1001) == [(0, "0-4")]

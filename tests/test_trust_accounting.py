@@ -22,7 +22,7 @@ from test_accounting import FIX, rec
 
 from suanli.accounting.ledger import Ledger
 from suanli.accounting.quota import Quota
-from suanli.accounting.sacct import ParseStats, parse_usage
+from suanli.accounts_slurm import ParseStats, parse_usage
 from suanli.cli.accounting_cmd import sig
 from suanli.jobs.resources import Resources
 from suanli.jobs.spec import MPI, Command, JobSpec, Training

@@ -9,28 +9,17 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import run_cli
+from conftest import run_cli, wait_until
 
 from suanli import JobState
 from suanli.accounting.ledger import Ledger
 from suanli.accounting.quota import Quota
 from suanli.compute.store import Store
 from suanli.errors import JobFailedError
-
-
-def wait_until(cond: Callable[[], Any], what: str, timeout: float = 60.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = cond()
-        if value:
-            return value
-        time.sleep(0.05)
-    pytest.fail(f"timed out waiting for {what}")
 
 
 def killed_submit(tmp_path: Path, point: str, *args: str) -> str:

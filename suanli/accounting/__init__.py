@@ -1,6 +1,6 @@
 """Accounting of compute usage: worst-case estimates, the usage ledger (SQLite or PostgreSQL), quotas and
-admission, and the sacct parser that feeds the ledger. Nothing here runs a scheduler command: the caller
-(``suanli.accounts``) does, and hands the text in."""
+admission. Nothing here runs a scheduler command or reads its output: the accounting service
+(``suanli.accounts``) does, through the backends, and hands the records in."""
 
 from suanli.accounting.estimate import Estimate, worst_case
 

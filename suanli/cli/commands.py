@@ -5,11 +5,12 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from suanli.cli.output import duration, local_time, print_json, short, table, when
-from suanli.errors import UsageError
+from suanli.errors import SuanliError, UsageError
 
 if TYPE_CHECKING:
     from suanli.api import Client
@@ -59,8 +60,46 @@ def _spec_from_args(args: argparse.Namespace) -> Any:
         options["setup"] = (*spec.setup, *args.setup)
     if args.after:
         options["after"] = (*spec.dependencies, *args.after)
+    options.update(_scheduler_flags(args))
     return build_spec(spec, cluster=args.cluster, partition=args.partition, account=args.account, name=args.name,
                       env=_parse_env(args.env), **options)
+
+
+def _scheduler_flags(args: argparse.Namespace) -> dict[str, Any]:
+    """The stdio paths and sbatch options given as flags (``--extra OPT[=VALUE]``: a flag without a value)."""
+    out: dict[str, Any] = {}
+    for key in ("stdin", "stdout", "stderr", "exclusive", "reservation", "mail_type", "mail_user", "mem_per_cpu",
+                "nodelist", "exclude", "export"):
+        value = getattr(args, key, None)
+        if value is not None:
+            out[key] = value
+    if getattr(args, "gres", None):
+        out["gres"] = list(args.gres)
+    if getattr(args, "extra", None):
+        extra: dict[str, str | bool] = {}
+        for item in args.extra:
+            opt, eq, value = item.partition("=")
+            extra[opt] = value if eq else True
+        out["extra"] = extra
+    return out
+
+
+T = TypeVar("T")
+
+
+def _explained(args: argparse.Namespace, act: Callable[[], T]) -> T:
+    """Run a submission step; when ``--cluster auto`` found no candidate and --explain was asked, print the
+    rows it weighed before the one-line error."""
+    try:
+        return act()
+    except SuanliError as exc:
+        rows = getattr(exc, "rows", None)
+        if rows is not None and getattr(args, "explain", False):
+            from suanli.cli.routing_cmd import routing_table
+
+            table_text = routing_table({"candidates": [r.to_json() for r in rows]})
+            (sys.stdout if args.json else sys.stderr).write(table_text)
+        raise
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
@@ -69,13 +108,19 @@ def cmd_submit(args: argparse.Namespace) -> int:
     if not args.dry_run:
         _check_writable_home(client)
     if args.dry_run:
-        plan, sub = client.plan(spec)
+        plan, sub = _explained(args, lambda: client.plan(spec))
         est = client.accounts.estimate(sub)
         checks = client.accounts.admit(sub, est, reserve=False)  # a quota it would overrun: exit 3 here too
         if args.json:
-            print_json({"plan": plan.to_json(), "estimate": est.to_json(),
-                        "quota": [{**c.to_json(), "remaining_after": c.remaining - c.need} for c in checks]})
+            print_json({"cluster": sub.cluster.name, "partition": sub.partition.name, "plan": plan.to_json(),
+                        "estimate": est.to_json(),
+                        "quota": [{**c.to_json(), "remaining_after": c.remaining - c.need} for c in checks],
+                        **({"routing": plan.routing} if plan.routing else {})})
         else:
+            if plan.routing:
+                from suanli.cli.routing_cmd import routing_table
+
+                sys.stdout.write(routing_table(plan.routing))
             sys.stdout.write(plan.render())
             sys.stdout.write(f"# may cost: {est.describe()}\n")
             for c in checks:
@@ -84,16 +129,22 @@ def cmd_submit(args: argparse.Namespace) -> int:
                                  "job\n")
             sys.stdout.write("# dry run: nothing was submitted\n")
         return 0
-    handle = client.submit_spec(spec)
+    handle = _explained(args, lambda: client.submit_spec(spec))
     job_id = handle.id
     row = client.store.get(job_id)
     assert row is not None
+    routing = row.meta.get("routing")
+    if routing and getattr(args, "explain", False) and not args.json:
+        from suanli.cli.routing_cmd import routing_table
+
+        sys.stderr.write(routing_table(routing))
     infos = client.list_infos([row], refresh=False)  # just submitted: no need to ask the scheduler yet
     first = infos[0]
     if args.json and not (args.wait or args.follow):
-        print_json({"id": job_id, "name": first.name, "cluster": first.cluster, "backend": first.backend,
-                    "native_id": first.native_id, "state": _combined(infos).state.value,
-                    "array_tasks": len(infos) if first.array_task is not None else None})
+        print_json({"id": job_id, "name": first.name, "cluster": first.cluster, "partition": first.partition,
+                    "backend": first.backend, "native_id": first.native_id, "state": _combined(infos).state.value,
+                    "array_tasks": len(infos) if first.array_task is not None else None,
+                    **({"routing": routing} if routing else {})})
         return 0
     if not args.json:
         native = f" (native id {first.native_id})" if first.native_id and first.native_id != job_id else ""
@@ -196,10 +247,30 @@ def cmd_status(args: argparse.Namespace) -> int:
         infos = [i for i in infos if None in wanted_tasks[i.id] or i.array_task in wanted_tasks[i.id]]
     if states is not None:
         infos = [i for i in infos if i.state.value in states]
+    if getattr(args, "explain", False):
+        return _status_explain(rows, args.json)
     if args.json:
         print_json([i.to_json() for i in infos])
         return 0
     sys.stdout.write(_status_table(infos, per_task=bool(args.jobs)))
+    return 0
+
+
+def _status_explain(rows: list[JobRow], as_json: bool) -> int:
+    """The routing decision kept on each job (``--cluster auto``); a job sent to a named cluster has none."""
+    from suanli.cli.routing_cmd import routing_table
+
+    if as_json:
+        print_json([{"id": r.id, "cluster": r.cluster, "partition": r.partition, "routing": r.meta.get("routing")}
+                    for r in rows])
+        return 0
+    for r in rows:
+        routing = r.meta.get("routing")
+        if routing is None:
+            print(f"job {r.id}: sent to cluster {r.cluster} partition {r.partition} by name (no routing)")
+        else:
+            print(f"job {r.id}:")
+            sys.stdout.write(routing_table(routing))
     return 0
 
 
@@ -342,64 +413,3 @@ def cmd_wait(args: argparse.Namespace) -> int:
             print(f"suanli: still running after {args.timeout} s", file=sys.stderr)
     ok = not timed_out and all(i.state is JobState.COMPLETED for i in infos)
     return 0 if ok else 1
-
-
-# ---------------------------------------------------------------- clusters
-def cmd_clusters(args: argparse.Namespace) -> int:
-    client = _client(args)
-    clusters = client.configs.clusters
-    if args.json:
-        print_json([c.to_json() for c in clusters.values()])
-        return 0
-    rows: list[list[object]] = []
-    default = client.configs.settings.default_cluster
-    for c in clusters.values():
-        dflt = c.default_partition or c.partitions[0].name
-        for p in c.partitions:
-            acc = f"{p.accelerators_per_node} {p.accelerator_kind}" if p.accelerators_per_node else ""
-            mem = f"{p.memory_per_node_mb // 1024}G" if p.memory_per_node_mb else ""
-            rows.append([c.name + (" *" if c.name == default else ""), c.backend,
-                         p.name + (" *" if p.name == dflt else ""), p.adapter, p.nodes or "", p.cpus_per_node or "",
-                         acc, mem, duration(p.max_time.total_seconds()) if p.max_time else "", c.source])
-    sys.stdout.write(table(("CLUSTER", "BACKEND", "PARTITION", "ADAPTER", "NODES", "CPUS/NODE", "ACCEL/NODE",
-                            "MEM/NODE", "MAX TIME", "SOURCE"), rows))
-    return 0
-
-
-# ---------------------------------------------------------------- hardware
-def cmd_hardware(args: argparse.Namespace) -> int:
-    from suanli.adapters.detect import detect, partition_entry
-
-    hw = detect(sysroot=args.sysroot, lscpu=args.lscpu, cpuinfo=args.cpuinfo, npu_smi=args.npu_smi,
-                nvidia_smi=args.nvidia_smi, smi=args.smi)
-    if args.partition_entry:
-        sys.stdout.write(partition_entry(hw, args.partition_entry))
-        return 0
-    if args.json:
-        print_json(hw.to_json())
-        return 0
-    c = hw.cpu
-    ids = f" (implementer {c.implementer}, part {c.part})" if c.implementer else ""
-    ids = ids or (f" (family {c.family})" if c.family else "")
-    lines = [
-        f"adapter:      {hw.adapter}",
-        f"cpu:          {c.vendor or '?'} {c.model or '?'}{ids}",
-        f"cpus:         {c.cores} logical, {c.sockets if c.sockets is not None else '?'} socket(s)",
-        f"numa nodes:   {len(c.numa_nodes)}",
-    ]
-    for n in c.numa_nodes:
-        lines.append(f"  node{n.id}:      {_cpulist(n.cpus)}")
-    for a in hw.accelerators:
-        mem = f", {a.memory_mb} MB each" if a.memory_mb else ""
-        lines.append(f"accelerators: {a.count} x {a.kind} {a.model}{mem}, health {a.health}")
-    if not hw.accelerators:
-        lines.append("accelerators: none")
-    lines.append(f"os:           {hw.os or '?'}")
-    sys.stdout.write("\n".join(lines) + "\n")
-    return 0
-
-
-def _cpulist(cpus: list[int]) -> str:
-    from suanli.jobs.spec import compact_ranges
-
-    return compact_ranges(cpus) or "-"

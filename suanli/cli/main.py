@@ -9,6 +9,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from suanli.cli.submit_args import add_submit_args
 from suanli.errors import SuanliError
 
 TYPE_CHECKING = False  # `typing` itself is more than `suanli --help` needs at run time
@@ -32,6 +33,8 @@ VERB_HELP = {
     "quota": "set, show, remove and apply quotas",
     "accounting": "feed the ledger (accounting sync)",
     "ray": "start or stop a Ray head on this machine",
+    "serve": "run the web portal (jobs, usage, quotas, /metrics); serve token create issues logins",
+    "top": "a live terminal view of jobs and the account's quota (q quits)",
     "completion": "print a shell completion script",
 }
 VERBS = tuple(VERB_HELP)
@@ -89,36 +92,6 @@ def _common() -> SuanliParser:
     return p
 
 
-def _add_submit_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--cluster", "-c", help="cluster name (default: local)")
-    p.add_argument("--partition", "-p")
-    p.add_argument("--account", "-A")
-    p.add_argument("--qos")
-    p.add_argument("--constraint")
-    p.add_argument("--nodes", "-N", type=int)
-    p.add_argument("--ntasks-per-node", type=int, dest="tasks_per_node")
-    p.add_argument("--cpus-per-task", type=int)
-    p.add_argument("--mem", help="memory per node: 4G, 500M")
-    p.add_argument("--accelerators", metavar="KIND:N", help="accelerators per node: ascend:8, nvidia:2")
-    p.add_argument("--time", "-t", help="time limit: 90m, 2h, 1-00:00:00, HH:MM:SS")
-    p.add_argument("--array", metavar="SPEC", help="array tasks: 0-99, 0-99%%10, 1,3,5")
-    p.add_argument("--name", "-J")
-    p.add_argument("--env", "-e", action="append", default=[], metavar="K=V")
-    p.add_argument("--setup", action="append", default=[], metavar="LINE", help="shell line run before the job")
-    p.add_argument("--workdir", "-D")
-    p.add_argument("--after", action="append", default=[], metavar="JOB",
-                   help="start after JOB completed (afterany:JOB: after it ended in any way)")
-    p.add_argument("--requeue", type=int, metavar="N", help="restart a failed job up to N times")
-    p.add_argument("--dry-run", action="store_true", help="print what would be submitted; submit nothing")
-    g = p.add_mutually_exclusive_group()
-    g.add_argument("--wait", action="store_true", help="wait for the job; exit 0 if it completed, else 1")
-    g.add_argument("--follow", action="store_true", help="stream its output until it ends; exit as --wait")
-    p.add_argument("--exit-code", action="store_true",
-                   help="with --wait/--follow (implies --wait): exit with the job's own exit code, as srun does")
-    p.add_argument("--json", action="store_true")
-    p.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD ARGS | JOB.yaml")
-
-
 def _top(common: SuanliParser, verbs_action: type[argparse.Action] | None = None) -> tuple[SuanliParser, Any]:
     """The top-level parser and its verbs' subparsers action."""
     parser = SuanliParser(
@@ -135,7 +108,7 @@ def _submit(sub: Any, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("submit", parents=[common], help=VERB_HELP["submit"],
                        description="Submit `-- CMD ARGS...` (run as an argv list, never through a shell) or a "
                                    "job spec file JOB.yaml; flags override the file.")
-    _add_submit_args(p)
+    add_submit_args(p)
 
 
 def _status(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -144,6 +117,7 @@ def _status(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--cluster", "-c")
     p.add_argument("--all", "-a", action="store_true", help="every job in the registry")
     p.add_argument("--state", "-s", help="only these states (comma separated)")
+    p.add_argument("--explain", action="store_true", help="the routing table kept for jobs sent with --cluster auto")
     p.add_argument("--since", help="submitted since: an ISO date/time or a duration ago (2h, 1d)")
     p.add_argument("--json", action="store_true")
 
@@ -203,6 +177,14 @@ def _ray(sub: Any, common: argparse.ArgumentParser) -> None:
     ray_cmd.register(sub, common)
 
 
+def _portal(sub: Any, common: argparse.ArgumentParser) -> None:
+    """serve and top (suanli/cli/portal_cmd.py; the web framework loads only when serve starts)."""
+    from suanli.cli import portal_cmd
+
+    portal_cmd.register_serve(sub, common)
+    portal_cmd.register_top(sub, common)
+
+
 def _completion(sub: Any, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("completion", parents=[common], help=VERB_HELP["completion"])
     p.add_argument("shell", choices=("bash", "zsh"))
@@ -211,7 +193,7 @@ def _completion(sub: Any, common: argparse.ArgumentParser) -> None:
 BUILDERS: dict[str, Builder] = {
     "submit": _submit, "status": _status, "logs": _logs, "cancel": _cancel, "wait": _wait, "clusters": _clusters,
     "hardware": _hardware, "usage": _accounting, "quota": _accounting, "accounting": _accounting, "ray": _ray,
-    "completion": _completion,
+    "serve": _portal, "top": _portal, "completion": _completion,
 }
 
 
@@ -312,6 +294,14 @@ def _handler(verb: str) -> Callable[[argparse.Namespace], int]:
         from suanli.cli import ray_cmd
 
         return ray_cmd.cmd_ray
+    if verb in ("clusters", "hardware"):
+        from suanli.cli import info_cmd
+
+        return getattr(info_cmd, "cmd_" + verb)  # type: ignore[no-any-return]
+    if verb in ("serve", "top"):
+        from suanli.cli import portal_cmd
+
+        return getattr(portal_cmd, "cmd_" + verb)  # type: ignore[no-any-return]
     if verb == "completion":
         return cmd_completion  # built here: it needs every verb's parser (commands must not import main)
     from suanli.cli import commands
@@ -352,7 +342,7 @@ def _merge_flags(args: argparse.Namespace, tail: list[str]) -> None:
     from suanli.errors import UsageError
 
     parser = SuanliParser(prog="suanli submit", parents=[_common()], add_help=False)
-    _add_submit_args(parser)
+    add_submit_args(parser)
     extra = parser.parse_args(tail)
     if extra.command:
         raise UsageError(f"submit: {extra.command[0]!r} after the spec file {args.spec_file!r} is not a suanli "

@@ -15,6 +15,7 @@ BUILTIN = {
     "local": "suanli.compute.local:LocalBackend",
     "slurm": "suanli.compute.slurm:SlurmBackend",
     "ray": "suanli.compute.ray:RayBackend",
+    "psij": "suanli.compute.psij:PsijBackend",
 }
 #: Backends whose module ships in a later release; named so configs that use them validate.
 PLANNED: tuple[str, ...] = ()

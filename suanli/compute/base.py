@@ -81,6 +81,8 @@ class Plan:
     env: dict[str, str] = field(default_factory=dict)
     files: dict[str, bytes] = field(default_factory=dict)
     details: dict[str, Any] = field(default_factory=dict)
+    #: The routing decision when ``--cluster auto`` chose this plan (``Routed.to_json``), else None.
+    routing: dict[str, Any] | None = None
 
     def render(self) -> str:
         out = [f"# backend: {self.backend}  cluster: {self.cluster}  job: {self.job_id}",
@@ -127,6 +129,7 @@ class Plan:
             "env": self.env,
             "files": {k: len(v) for k, v in self.files.items()},
             "details": self.details,
+            **({"routing": self.routing} if self.routing else {}),
         }
 
 
@@ -156,6 +159,17 @@ class NativeStatus:
     attempts: tuple[dict[str, Any], ...] = ()
 
 
+@dataclass(frozen=True)
+class StartEstimate:
+    """When a backend expects a planned job to start (routing asks every candidate before it picks)."""
+
+    at: float | None  # epoch seconds; None when the backend cannot tell
+    source: str  # how it knows: "sbatch --test-only", "free resources", "free cores", "unknown"
+    #: The scheduler's own refusal of this exact request (for example a node count the partition cannot hold);
+    #: the candidate is then excluded with this message.
+    refused: str | None = None
+
+
 class Backend(ABC):
     """Base of every backend. Subclasses are constructed per cluster and must be cheap to create."""
 
@@ -169,6 +183,8 @@ class Backend(ABC):
     #: The keys of this backend's section in a cluster config (``<backend>: {key: value}``) and the type of
     #: each value; ``config_section`` checks them. The validated section is ``ClusterConfig.options``.
     options: ClassVar[Mapping[str, type | tuple[type, ...]]] = {}
+    #: What the backend runs beyond one plain job; ``compute/fit.check_capabilities`` refuses the rest (exit 2).
+    capabilities: ClassVar[frozenset[str]] = frozenset({"arrays", "requeue", "dependencies", "functions"})
 
     @classmethod
     def config_section(cls, values: Mapping[str, Any], fail: ConfigFail) -> Mapping[str, Any]:
@@ -218,11 +234,21 @@ class Backend(ABC):
         return None
 
     def log_paths(self, ref: JobRef, task: int | None) -> tuple[Path, Path]:
-        """stdout and stderr files of one task."""
+        """stdout and stderr files of one task: the spec's own paths where it named them (kept by the plan in
+        ``layout["stdio"]``), else the job folder's."""
+        from suanli.compute.logs import stdio_paths
+
         base = Path(ref.job_dir)
         stem = "job" if task is None else f"task-{task}"
-        return base / f"{stem}.out", base / f"{stem}.err"
+        out, err = stdio_paths(ref.layout, ref.native_id or ref.job_id, task)
+        return out or base / f"{stem}.out", err or base / f"{stem}.err"
 
     def result_path(self, ref: JobRef, task: int | None) -> Path:
         base = Path(ref.job_dir)
         return base / ("result.pkl" if task is None else f"result-{task}.pkl")
+
+    def expected_start(self, plan: Plan, sub: Submission, timeout_s: float) -> StartEstimate:
+        """When this plan would start if submitted now, asked within ``timeout_s`` and without submitting it.
+        Raise BackendError when the cluster cannot be reached (routing then excludes it as unreachable). The
+        default cannot tell: such a candidate counts as later than any known start."""
+        return StartEstimate(None, "unknown")

@@ -4,16 +4,31 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import Any, NoReturn
 
 from suanli.adapters import adapter_names, is_adapter
+from suanli.compute.config_checks import (
+    _NAME,
+    _choice,
+    _float,
+    _get,
+    _int,
+    _lines,
+    _mapping,
+    _memory,
+    _name,
+    _str,
+    _time,
+)
+from suanli.compute.settings import AUTO as AUTO
+from suanli.compute.settings import LEDGER_ERROR_POLICIES as LEDGER_ERROR_POLICIES
+from suanli.compute.settings import Routing as Routing
+from suanli.compute.settings import Settings, parse_settings, settings_from_env
 from suanli.errors import ConfigError, SuanliError, UsageError
-from suanli.jobs.resources import parse_memory, parse_time
 from suanli.jobs.spec import MAX_ARRAY_TASKS
 from suanli.yamlfile import Path_, Source, load_yaml
 
@@ -21,8 +36,6 @@ log = logging.getLogger("suanli")
 
 BACKENDS = ("local", "slurm", "ray")
 MPI_LAUNCHERS = ("srun", "mpirun")
-LEDGER_ERROR_POLICIES = ("deny", "allow")
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 CLUSTER_KEYS = (
     "name", "backend", "description", "default_partition", "default_account", "setup", "partitions", "slurm", "ray",
@@ -42,7 +55,6 @@ BACKEND_SECTION_KEYS: dict[str, tuple[str, ...]] = {
     "slurm": ("conf", "signal_seconds", "job_root", "max_array_size", "submit_rate"),
     "ray": ("address", "job_root", "python"),
 }
-SETTINGS_KEYS = ("ledger", "on_ledger_error", "status_poll_max_s", "default_cluster")
 
 
 @dataclass(frozen=True)
@@ -136,111 +148,6 @@ class ClusterConfig:
         }
 
 
-@dataclass(frozen=True)
-class Settings:
-    ledger: str | None = None
-    on_ledger_error: str = "deny"
-    status_poll_max_s: float = 30.0
-    default_cluster: str = "local"
-
-
-# ---------------------------------------------------------------- validation helpers
-T = TypeVar("T")
-
-
-def _get(src: Source, data: Mapping[str, Any], path: Path_, key: str, check: Callable[[Any, Path_], T],
-         default: T) -> T:
-    if key not in data or data[key] is None:
-        return default
-    return check(data[key], path + (key,))
-
-
-def _mapping(src: Source, value: Any, path: Path_, allowed: tuple[str, ...], what: str) -> Mapping[str, Any]:
-    result: Mapping[str, Any] = src.mapping(value, path, allowed)
-    return result
-
-
-def _str(src: Source) -> Callable[[Any, Path_], str]:
-    def check(v: Any, p: Path_) -> str:
-        if isinstance(v, bool) or not isinstance(v, str | int | float):
-            src.fail(p, f"{v!r} is not a string")
-        return str(v)
-
-    return check
-
-
-def _name(src: Source) -> Callable[[Any, Path_], str]:
-    def check(v: Any, p: Path_) -> str:
-        s = _str(src)(v, p)
-        if not _NAME.match(s):
-            src.fail(p, f"{s!r} is not a valid name (letters, digits, '.', '_', '-')")
-        return s
-
-    return check
-
-
-def _int(src: Source, minimum: int = 0) -> Callable[[Any, Path_], int]:
-    def check(v: Any, p: Path_) -> int:
-        if isinstance(v, bool) or not isinstance(v, int):
-            src.fail(p, f"{v!r} is not a whole number")
-        if v < minimum:
-            src.fail(p, f"{v} must be at least {minimum}")
-        return v
-
-    return check
-
-
-def _float(src: Source) -> Callable[[Any, Path_], float]:
-    def check(v: Any, p: Path_) -> float:
-        if isinstance(v, bool) or not isinstance(v, int | float):
-            src.fail(p, f"{v!r} is not a number")
-        if v < 0:
-            src.fail(p, f"{v} must not be negative")
-        return float(v)
-
-    return check
-
-
-def _choice(src: Source, allowed: tuple[str, ...]) -> Callable[[Any, Path_], str]:
-    def check(v: Any, p: Path_) -> str:
-        if v not in allowed:
-            src.fail(p, f"{v!r} is not allowed; use one of: {', '.join(allowed)}")
-        return str(v)
-
-    return check
-
-
-def _time(src: Source) -> Callable[[Any, Path_], timedelta | None]:
-    def check(v: Any, p: Path_) -> timedelta | None:
-        try:
-            return parse_time(src.text(p, v), field=str(p[-1]) if p else "time")
-        except UsageError as exc:
-            src.fail(p, str(exc).split(": ", 1)[-1])
-
-    return check
-
-
-def _memory(src: Source) -> Callable[[Any, Path_], int | None]:
-    def check(v: Any, p: Path_) -> int | None:
-        try:
-            return parse_memory(v)
-        except UsageError as exc:
-            src.fail(p, str(exc).split(": ", 1)[-1])
-
-    return check
-
-
-def _lines(src: Source) -> Callable[[Any, Path_], tuple[str, ...]]:
-    def check(v: Any, p: Path_) -> tuple[str, ...]:
-        if isinstance(v, str):
-            return (v,)
-        if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
-            src.fail(p, "expected a list of shell lines")
-        return tuple(v)
-
-    return check
-
-
 # ---------------------------------------------------------------- parsing
 def parse_cluster(src: Source) -> ClusterConfig:
     data = _mapping(src, src.data, (), CLUSTER_KEYS + _plugin_section(src), "cluster")
@@ -248,6 +155,8 @@ def parse_cluster(src: Source) -> ClusterConfig:
         if required not in data:
             src.fail((), f"missing required key {required!r}")
     name = _name(src)(data["name"], ("name",))
+    if name == AUTO:
+        src.fail(("name",), f"{AUTO!r} is reserved (--cluster auto routes the job); rename this cluster")
     backend = _str(src)(data["backend"], ("backend",))
     if backend not in BACKENDS:
         from suanli.compute.backends import backend_names
@@ -359,6 +268,8 @@ def _partition(src: Source, raw: Any, path: Path_) -> PartitionConfig:
     data = _mapping(src, raw, path, PARTITION_KEYS, "partition")
     if "name" not in data:
         src.fail(path, "missing required key 'name'")
+    if data["name"] == AUTO:
+        src.fail(path + ("name",), f"{AUTO!r} is reserved (--partition auto routes the job); rename this partition")
     adapter = _get(src, data, path, "adapter", _str(src), "cpu")
     if not is_adapter(adapter):
         src.fail(path + ("adapter",), f"unknown adapter {adapter!r}; valid adapters: {', '.join(adapter_names())}")
@@ -400,17 +311,6 @@ def _partition(src: Source, raw: Any, path: Path_) -> PartitionConfig:
     if part.default_time and part.max_time and part.default_time > part.max_time:
         src.fail(path + ("default_time",), "is longer than max_time")
     return part
-
-
-def parse_settings(src: Source) -> Settings:
-    data = src.data or {}
-    data = _mapping(src, data, (), SETTINGS_KEYS, "settings")
-    return Settings(
-        ledger=_get(src, data, (), "ledger", _str(src), None),
-        on_ledger_error=_get(src, data, (), "on_ledger_error", _choice(src, LEDGER_ERROR_POLICIES), "deny"),
-        status_poll_max_s=_get(src, data, (), "status_poll_max_s", _float(src), 30.0),
-        default_cluster=_get(src, data, (), "default_cluster", _name(src), "local"),
-    )
 
 
 # ---------------------------------------------------------------- the built-in local cluster
@@ -495,26 +395,8 @@ def load_configs(explicit: str | None = None) -> Configs:
     if "local" not in clusters:
         clusters["local"] = local_cluster()
     settings = parse_settings(settings_src) if settings_src else Settings()
-    settings = _settings_from_env(settings)
+    settings = settings_from_env(settings)
     if settings.default_cluster not in clusters:
         raise ConfigError(f"settings: default_cluster {settings.default_cluster!r} is not a known cluster; "
                           f"valid clusters: {', '.join(sorted(clusters))}")
     return Configs(clusters, settings)
-
-
-def _settings_from_env(s: Settings) -> Settings:
-    env = os.environ
-    ledger = env.get("SUANLI_LEDGER_URL") or s.ledger
-    policy = env.get("SUANLI_ON_LEDGER_ERROR") or s.on_ledger_error
-    if policy not in LEDGER_ERROR_POLICIES:
-        raise ConfigError(f"SUANLI_ON_LEDGER_ERROR: {policy!r} is not allowed; use one of: deny, allow")
-    poll = s.status_poll_max_s
-    if env.get("SUANLI_STATUS_POLL_MAX_S"):
-        try:
-            poll = float(env["SUANLI_STATUS_POLL_MAX_S"])
-        except ValueError:
-            raise ConfigError(
-                f"SUANLI_STATUS_POLL_MAX_S: {env['SUANLI_STATUS_POLL_MAX_S']!r} is not a number of seconds"
-            ) from None
-    default = env.get("SUANLI_CLUSTER") or s.default_cluster
-    return Settings(ledger=ledger, on_ledger_error=policy, status_poll_max_s=poll, default_cluster=default)

@@ -10,6 +10,7 @@ from typing import Any
 from suanli.errors import UsageError
 from suanli.jobs.handle import Job
 from suanli.jobs.resources import Resources
+from suanli.jobs.scheduler import SchedulerOptions, scheduler_options
 from suanli.jobs.spec import MPI, Array, Command, Dependency, Function, JobSpec, Map, Training
 
 #: Keyword options of ``submit``/``map`` that go into Resources.
@@ -22,7 +23,11 @@ RESOURCE_OPTIONS = {
 SPEC_OPTIONS = {
     "qos": "qos", "constraint": "constraint", "setup": "setup", "workdir": "workdir", "array": "array",
     "after": "dependencies", "dependencies": "dependencies", "requeue": "max_restarts",
-    "max_restarts": "max_restarts",
+    "max_restarts": "max_restarts", "stdin": "stdin", "stdout": "stdout", "stderr": "stderr",
+    # sbatch options: a whole SchedulerOptions (or a mapping of its fields), or one field of it each
+    "scheduler": "scheduler",
+    **{name: f"scheduler.{name}" for name in ("exclusive", "reservation", "mail_type", "mail_user", "mem_per_cpu",
+                                              "gres", "nodelist", "exclude", "export", "extra")},
 }
 
 
@@ -33,9 +38,15 @@ def build_spec(target: Any, args: Sequence[Any] = (), kwargs: Mapping[str, Any] 
     """A JobSpec from ``submit``'s arguments: a callable, an argv list, a workload or a JobSpec."""
     res_opts: dict[str, Any] = {}
     spec_opts: dict[str, Any] = {}
+    sched_opts: dict[str, Any] = {}
+    base_sched: SchedulerOptions | None = None
     for key, value in options.items():
         if key in RESOURCE_OPTIONS:
             res_opts[RESOURCE_OPTIONS[key]] = value
+        elif SPEC_OPTIONS.get(key, "").startswith("scheduler."):
+            sched_opts[SPEC_OPTIONS[key].partition(".")[2]] = value
+        elif key == "scheduler":
+            base_sched = None if value is None else scheduler_options(value)
         elif key in SPEC_OPTIONS:
             spec_opts[SPEC_OPTIONS[key]] = value
         else:
@@ -73,6 +84,8 @@ def build_spec(target: Any, args: Sequence[Any] = (), kwargs: Mapping[str, Any] 
         merged.update(res_opts)
         base_res = Resources(**merged)
     changes: dict[str, Any] = {"resources": base_res, **spec_opts}
+    if base_sched is not None or sched_opts:
+        changes["scheduler"] = SchedulerOptions.build(sched_opts, spec.scheduler if base_sched is None else base_sched)
     for key, value in (("cluster", cluster), ("partition", partition), ("account", account), ("name", name)):
         if value is not None:
             changes[key] = value

@@ -9,6 +9,8 @@ from typing import Any, Literal
 
 from suanli.errors import UsageError
 from suanli.jobs.resources import Resources
+from suanli.jobs.scheduler import SchedulerOptions as SchedulerOptions
+from suanli.jobs.scheduler import check_stdio, scheduler_options
 
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 #: What Slurm's sacctmgr accepts in an account name (it lowercases, and refuses control and quoting characters).
@@ -111,23 +113,34 @@ class Training:
         return resources.accelerators_per_node or resources.tasks_per_node
 
 
+#: How an MPI job's ranks are started: Slurm's own ``srun --mpi=pmix``, or the MPI's ``mpirun`` in the allocation.
+MPI_LAUNCHERS = ("srun", "mpirun")
+
+
 @dataclass(frozen=True)
 class MPI:
-    """An MPI program: ``ranks`` in all (default nodes x tasks per node), ``ranks_per_node`` on each node."""
+    """An MPI program: ``ranks`` in all (default nodes x tasks per node), ``ranks_per_node`` on each node;
+    ``launcher`` (``srun`` or ``mpirun``) chooses how this job starts them, over the partition's
+    ``mpi_launcher`` (an application built against another MPI than the site's PMIx may need mpirun)."""
 
     argv: tuple[str, ...]
     ranks: int | None = None
     ranks_per_node: int | None = None
+    launcher: str | None = None
 
     kind = "mpi"
 
-    def __init__(self, argv: Sequence[str], ranks: int | None = None, ranks_per_node: int | None = None) -> None:
+    def __init__(self, argv: Sequence[str], ranks: int | None = None, ranks_per_node: int | None = None,
+                 launcher: str | None = None) -> None:
         object.__setattr__(self, "argv", _argv(argv, "mpi.argv"))
         for name, v in (("ranks", ranks), ("ranks_per_node", ranks_per_node)):
             if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
                 raise UsageError(f"mpi.{name}: {v!r} must be a whole number >= 1")
+        if launcher is not None and launcher not in MPI_LAUNCHERS:
+            raise UsageError(f"mpi.launcher: {launcher!r} is not a launcher; give one of {', '.join(MPI_LAUNCHERS)}")
         object.__setattr__(self, "ranks", ranks)
         object.__setattr__(self, "ranks_per_node", ranks_per_node)
+        object.__setattr__(self, "launcher", launcher)
 
     def total_ranks(self, resources: Resources) -> int:
         if self.ranks:
@@ -302,6 +315,13 @@ class JobSpec:
     array: Array | None = None
     dependencies: tuple[Dependency, ...] = ()
     max_restarts: int = 0
+    #: sbatch options beyond the neutral request (only backends with ``sbatch_options`` run them).
+    scheduler: SchedulerOptions = field(default_factory=SchedulerOptions)
+    #: The job's own stdin, stdout and stderr files (default: /dev/null and the job folder's job.out/job.err);
+    #: Slurm's %A %a %j %% patterns expand (only backends with ``stdio_paths`` run them).
+    stdin: str | None = None
+    stdout: str | None = None
+    stderr: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.workload, Command | Function | Map | Training | MPI):
@@ -329,6 +349,15 @@ class JobSpec:
         object.__setattr__(self, "dependencies", tuple(Dependency.parse(d) for d in self.dependencies))
         if isinstance(self.max_restarts, bool) or not isinstance(self.max_restarts, int) or self.max_restarts < 0:
             raise UsageError(f"requeue: {self.max_restarts!r} must be a whole number >= 0 (the maximum restarts)")
+        self._check_scheduler()
+
+    def _check_scheduler(self) -> None:
+        object.__setattr__(self, "scheduler", scheduler_options(self.scheduler))
+        for key in ("stdin", "stdout", "stderr"):
+            object.__setattr__(self, key, check_stdio(key, getattr(self, key), self.array is not None))
+        if self.scheduler.mem_per_cpu is not None and self.resources.memory_mb is not None:
+            raise UsageError("mem_per_cpu: Slurm takes one of --mem and --mem-per-cpu; drop resources.memory "
+                             "(--mem) or mem_per_cpu")
 
     def _check_env(self) -> None:
         if not isinstance(self.env, Mapping):

@@ -9,13 +9,18 @@ from typing import Any
 
 from suanli.errors import ConfigError, UsageError
 from suanli.jobs.resources import Resources
+from suanli.jobs.scheduler import SchedulerOptions, check_stdio
 from suanli.jobs.spec import MPI, Array, Command, Dependency, Function, JobSpec, Training, Workload
 from suanli.yamlfile import Source, load_yaml
 
 WORKLOAD_KEYS = ("command", "function", "training", "mpi")
+#: sbatch options (``JobSpec.scheduler``), top-level keys like the API's keyword arguments.
+SCHEDULER_KEYS = ("exclusive", "reservation", "mail_type", "mail_user", "mem_per_cpu", "gres", "nodelist",
+                  "exclude", "export", "extra")
+STDIO_KEYS = ("stdin", "stdout", "stderr")
 SPEC_KEYS = (
     "name", "cluster", "partition", "account", "qos", "constraint", "resources", "env", "setup", "workdir",
-    "array", "after", "requeue", *WORKLOAD_KEYS,
+    "array", "after", "requeue", *STDIO_KEYS, *SCHEDULER_KEYS, *WORKLOAD_KEYS,
 )
 # (a map workload comes from Python only: its items are Python objects, not YAML)
 RESOURCE_KEYS = ("nodes", "tasks_per_node", "cpus_per_task", "memory", "accelerators", "time")
@@ -64,8 +69,14 @@ def parse_spec(src: Source) -> JobSpec:
         array = _guard(src, ("array",), lambda: Array.parse(_array_value(src, array)))
     after = [_guard(src, ("after",) if i is None else ("after", i), lambda a=a: Dependency.parse(a))
              for i, a in _after(src, data.get("after"))]
+    stdio = {k: _scalar(src, k, data.get(k), numbers=False) for k in STDIO_KEYS}
+    for k, v in stdio.items():
+        _guard(src, (k,), lambda k=k, v=v: check_stdio(k, v, array is not None))
+    scheduler = _scheduler(src, data)
     spec: JobSpec = _guard(src, (), lambda: JobSpec(
         workload=workload,
+        scheduler=scheduler,
+        **stdio,
         resources=resources,
         env=_env(src, data.get("env")),
         setup=_setup(src, data.get("setup")),
@@ -75,6 +86,27 @@ def parse_spec(src: Source) -> JobSpec:
         **strings,
     ))
     return spec
+
+
+def _scheduler(src: Source, data: Mapping[str, Any]) -> SchedulerOptions:
+    """The sbatch options, each checked on its own so an error names its key's line."""
+    values: dict[str, Any] = {}
+    for key in SCHEDULER_KEYS:
+        if key not in data or data[key] is None:
+            continue
+        value = data[key]
+        if key == "extra":
+            if not isinstance(value, Mapping):
+                src.fail(("extra",), "expected a mapping of sbatch option: value, such as {begin: now+1hour}")
+            value = {k: v if isinstance(v, bool) else src.text(("extra", k), v) for k, v in value.items()}
+        elif isinstance(value, list):
+            value = [src.text((key, i), v) for i, v in enumerate(value)]
+        elif not isinstance(value, bool):
+            value = src.text((key,), value)
+        values[key] = value
+        _guard(src, (key,), lambda k=key, v=value: SchedulerOptions(**{k: v}))
+    result: SchedulerOptions = _guard(src, (), lambda: SchedulerOptions(**values))
+    return result
 
 
 def _scalar(src: Source, key: str, value: Any, numbers: bool = True) -> str | None:
@@ -156,8 +188,9 @@ def _workload(src: Source, key: str, value: Any) -> Workload:
     if key == "mpi":
         if isinstance(value, list):
             return MPI(src.text_list(("mpi",)) or value)
-        v = _check_keys(src, value, ("mpi",), ("argv", "ranks", "ranks_per_node"))
-        return MPI(src.text_list(("mpi", "argv")) or v.get("argv") or [], v.get("ranks"), v.get("ranks_per_node"))
+        v = _check_keys(src, value, ("mpi",), ("argv", "ranks", "ranks_per_node", "launcher"))
+        return MPI(src.text_list(("mpi", "argv")) or v.get("argv") or [], v.get("ranks"), v.get("ranks_per_node"),
+                   v.get("launcher"))
     if key == "training":
         v = _check_keys(src, value, ("training",), ("script", "module", "args", "nproc_per_node"))
         for k in ("script", "module"):

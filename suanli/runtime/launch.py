@@ -2,6 +2,8 @@
 (RANK, LOCAL_RANK, WORLD_SIZE, LOCAL_WORLD_SIZE, GROUP_RANK) and runs the script or module in-process.
 
 ``python -m suanli.runtime.launch SCRIPT ARGS...`` or ``python -m suanli.runtime.launch -m MODULE ARGS...``.
+``python -m suanli.runtime.launch --mpirun mpirun ARGS...`` (an MPI job's mpirun launcher, on the first node)
+adds Open MPI's interface choice (``--mca btl_tcp_if_include`` / ``oob_tcp_if_include``) and execs mpirun.
 MASTER_ADDR and MASTER_PORT come from the batch script (first host of the allocation, port from the job id).
 GLOO_SOCKET_IFNAME and NCCL_SOCKET_IFNAME, unless the job or the partition config sets them, name the interface
 that routes to MASTER_ADDR on this node: left alone, gloo binds the address the host name resolves to, which on
@@ -103,10 +105,30 @@ def device_env(env: dict[str, str]) -> dict[str, str]:
     return {}
 
 
+#: Open MPI parameters that choose interfaces: set by the user (environment or argv), suanli adds none.
+_OMPI_IF_PARAMS = ("btl_tcp_if_include", "btl_tcp_if_exclude", "oob_tcp_if_include", "oob_tcp_if_exclude")
+
+
+def mpirun_argv(argv: list[str], env: dict[str, str]) -> list[str]:
+    """``mpirun ARGS`` with the interface Open MPI's TCP transport and its daemons' channel use: the
+    partition's (GLOO_SOCKET_IFNAME, from ``network_interface``) or the one routing to MASTER_ADDR. Left
+    alone, Open MPI tries every interface (docker bridges, management networks) and may hang on one the
+    other nodes cannot reach. Nothing is added when the job chose already, or on loopback (one node)."""
+    chosen = any(f"OMPI_MCA_{p}" in env for p in _OMPI_IF_PARAMS) or any(a in _OMPI_IF_PARAMS for a in argv)
+    name = None if chosen else env.get("GLOO_SOCKET_IFNAME") or route_interface(env.get("MASTER_ADDR", "127.0.0.1"))
+    if not name:
+        return list(argv)
+    return [argv[0], "--mca", "btl_tcp_if_include", name, "--mca", "oob_tcp_if_include", name, *argv[1:]]
+
+
 def main(argv: list[str]) -> int:
-    if not argv:
-        print("usage: python -m suanli.runtime.launch SCRIPT ARGS... | -m MODULE ARGS...", file=sys.stderr)
+    if not argv or argv == ["--mpirun"]:
+        print("usage: python -m suanli.runtime.launch SCRIPT ARGS... | -m MODULE ARGS... | --mpirun mpirun ARGS...",
+              file=sys.stderr)
         return 2
+    if argv[0] == "--mpirun":
+        full = mpirun_argv(argv[1:], dict(os.environ))
+        os.execvp(full[0], full)
     os.environ.update(torch_env(dict(os.environ)))
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
     os.environ.setdefault("MASTER_PORT", "29500")

@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -30,204 +29,30 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from suanli.runtime.ray_tasks import (
+    LIVE,
+    STARTED,
+    node_address,
+    run_child,
+    task_body,
+    task_key,
+    training_agent,
+    with_setup,
+    write_json,
+)
+
 CONFIG = "ray-job.json"
 TASKS_FILE = "ray-tasks.json"
 CANCEL = "cancel"
 TIMED_OUT = "timed-out"
 DEPENDENCY_FAILED = "dependency-failed"
 WAITING = "waiting-dependency"  # present while the driver waits for a dependency: the job is still PENDING
-STARTED = "started"  # written when the job's own work starts (Ray's start_time counts the waiting too)
+NODE_LOST = "node-lost"  # written when a training node died under the job (its raylet gone)
 EXIT_DRIVER = 70  # the driver itself failed (a missing job folder, a broken config): not the job's exit code
-KILL_GRACE_S = 5.0
 EXIT_TIMEOUT = 124
 EXIT_CANCELLED = 143
 
 
-def write_json(path: Path, data: Any) -> None:
-    """Atomically, so the backend's status never reads half a file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data))
-    os.replace(tmp, path)
-
-
-def _die_with_parent() -> None:
-    """Children die with the process that started them (a Ray worker killed by a cancel leaves no ranks)."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-
-
-def _with_setup(argv: list[str], setup: list[str]) -> list[str]:
-    """Setup lines are shell by design; the argv still arrives verbatim through "$@"."""
-    if not setup:
-        return argv
-    return ["bash", "-c", "\n".join(setup) + '\nexec "$@"', "suanli-setup", *argv]
-
-
-def _open_logs(job_dir: Path, stem: str) -> tuple[int, int]:
-    flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND
-    return os.open(job_dir / f"{stem}.out", flags, 0o644), os.open(job_dir / f"{stem}.err", flags, 0o644)
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is not None:
-        return
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(KILL_GRACE_S)
-    except (ProcessLookupError, PermissionError):
-        return
-    except subprocess.TimeoutExpired:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        proc.wait()
-
-
-#: Children running now, each in its own process group: the time limit stops them all, grandchildren too.
-LIVE: set[subprocess.Popen[bytes]] = set()
-
-
-def run_child(argv: list[str], job_dir: Path, stem: str, workdir: str, env: dict[str, str]) -> int:
-    """Run one child in its own process group with its output appended to STEM.out/.err; SIGTERM to this
-    process (Ray's stop) stops it."""
-    out, err = _open_logs(job_dir, stem)
-    try:
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err, cwd=workdir, env=env,
-                                start_new_session=True, preexec_fn=_die_with_parent)
-    except OSError as exc:
-        os.write(err, f"suanli: cannot start {argv[0]!r}: {exc.strerror}\n".encode())
-        return 127
-    finally:
-        os.close(out)
-        os.close(err)
-    LIVE.add(proc)
-    previous = signal.getsignal(signal.SIGTERM)
-
-    def on_term(signum: int, frame: Any) -> None:
-        _stop(proc)
-
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, on_term)
-    try:
-        code = proc.wait()
-    finally:
-        LIVE.discard(proc)
-        if threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGTERM, previous)
-    return 128 - code if code < 0 else code
-
-
-# ---------------------------------------------------------------- Ray tasks (run inside Ray workers)
-def task_body(job_dir: str, task: int | None, kind: str, argv: list[str], workdir: str,
-              setup: list[str], env: dict[str, str]) -> tuple[int, float, float]:
-    """One Function call, Map item or command array task; returns (exit code, started_at, ended_at). The
-    job's environment is applied here, not through Ray's runtime_env, which expands $NAME in values."""
-    started = time.time()
-    folder = Path(job_dir)
-    stem = "job" if task is None else f"task-{task}"
-    (folder / f"{STARTED}-{_key(task)}").write_text(str(started))  # the driver's time limit counts from here
-    os.environ.update(env)
-    if task is not None:
-        os.environ["SUANLI_ARRAY_TASK_ID"] = str(task)
-    else:
-        os.environ.pop("SUANLI_ARRAY_TASK_ID", None)
-    if kind == "command":
-        code = run_child(_with_setup(argv, setup), folder, stem, workdir, dict(os.environ))
-        return code, started, time.time()
-    return _function_task(folder, task, stem, workdir), started, time.time()
-
-
-def _function_task(job_dir: Path, task: int | None, stem: str, workdir: str) -> int:
-    """Run the pickled callable here, with this worker's stdout/stderr sent to the task's log files."""
-    import cloudpickle
-
-    from suanli.runtime.function import _load, _write, failure, outcome_path
-
-    key = None if task is None else str(task)
-    outcome_path(job_dir, key).unlink(missing_ok=True)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved = os.dup(1), os.dup(2)
-    out, err = _open_logs(job_dir, stem)
-    os.dup2(out, 1)
-    os.dup2(err, 2)
-    os.close(out)
-    os.close(err)
-    here = os.getcwd()
-    code = 0
-    try:
-        os.chdir(workdir)
-        try:
-            fn, args, kwargs = _load(job_dir, key)
-            data = cloudpickle.dumps(("ok", fn(*args, **kwargs)))
-        except BaseException as exc:  # the job's own failure, reported to the submitter
-            data = failure(exc)
-            code = 1
-        _write(outcome_path(job_dir, key), data)
-    finally:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os.dup2(saved[0], 1)
-        os.dup2(saved[1], 2)
-        os.close(saved[0])
-        os.close(saved[1])
-        try:
-            os.chdir(here)
-        except OSError:
-            pass
-    return code
-
-
-def node_address() -> tuple[str, int]:
-    """This node's address and a free port, for MASTER_ADDR/MASTER_PORT of rank 0's node."""
-    import ray
-
-    with socket.socket() as s:
-        s.bind(("", 0))
-        port = int(s.getsockname()[1])
-    return ray.util.get_node_ip_address(), port  # type: ignore[no-untyped-call]
-
-
-def training_agent(job_dir: str, node_rank: int, cfg: dict[str, Any], master: tuple[str, int]) -> list[int]:
-    """One node of a training job: start its ranks with torchrun's variables; if one fails, stop the rest
-    (torchrun's rule). Returns the ranks' exit codes."""
-    nproc, nodes = int(cfg["nproc_per_node"]), int(cfg["nodes"])
-    target = ["-m", cfg["module"]] if cfg.get("module") else [cfg["script"]]
-    argv = _with_setup([sys.executable, "-u", *target, *cfg["args"]], cfg["setup"])
-    folder = Path(job_dir)
-    procs: list[subprocess.Popen[bytes]] = []
-    out, err = _open_logs(folder, "job")
-    try:
-        for local in range(nproc):
-            env = dict(os.environ)
-            env.update(cfg.get("env") or {})
-            env.update({
-                "RANK": str(node_rank * nproc + local), "LOCAL_RANK": str(local),
-                "WORLD_SIZE": str(nodes * nproc), "LOCAL_WORLD_SIZE": str(nproc),
-                "GROUP_RANK": str(node_rank), "NODE_RANK": str(node_rank), "NNODES": str(nodes),
-                "MASTER_ADDR": master[0], "MASTER_PORT": str(master[1]), "SUANLI_LAUNCHER": "ray",
-            })
-            procs.append(subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
-                                          cwd=cfg["workdir"], env=env, start_new_session=True,
-                                          preexec_fn=_die_with_parent))
-    finally:
-        os.close(out)
-        os.close(err)
-    codes: list[int | None] = [None] * nproc
-    while any(c is None for c in codes):
-        for i, p in enumerate(procs):
-            if codes[i] is None and p.poll() is not None:
-                codes[i] = p.returncode
-                if p.returncode != 0:
-                    for q in procs:
-                        _stop(q)
-        time.sleep(0.1)
-    return [128 - c if c < 0 else c for c in codes if c is not None]
 
 
 # ---------------------------------------------------------------- the driver
@@ -309,7 +134,7 @@ class Driver:
             (self.job_dir / STARTED).write_text(str(time.time()))
         if mode == "command":
             env = dict(os.environ)
-            return run_child(_with_setup(self.argv, self.cfg["setup"]), self.job_dir, "job", self.cfg["workdir"], env)
+            return run_child(with_setup(self.argv, self.cfg["setup"]), self.job_dir, "job", self.cfg["workdir"], env)
         import ray
 
         ray.init(log_to_driver=True, configure_logging=False)
@@ -331,7 +156,7 @@ class Driver:
         limit = int(cfg.get("max_concurrent") or len(todo))
         per_task_limit = cfg.get("time_limit_s")
         env = dict(cfg.get("env") or {})
-        states: dict[str, dict[str, Any]] = {_key(t): {"state": "PENDING"} for t in todo}
+        states: dict[str, dict[str, Any]] = {task_key(t): {"state": "PENDING"} for t in todo}
         running: dict[Any, tuple[int | None, float]] = {}
         self._save(states)
         last_save = time.monotonic()
@@ -339,8 +164,8 @@ class Driver:
         while todo or running:
             while todo and len(running) < limit:
                 t = todo.pop(0)
-                if (self.job_dir / f"cancel-{_key(t)}").exists():
-                    states[_key(t)] = {"state": "CANCELLED", "ended_at": time.time()}
+                if (self.job_dir / f"cancel-{task_key(t)}").exists():
+                    states[task_key(t)] = {"state": "CANCELLED", "ended_at": time.time()}
                     dirty = True
                     continue
                 ref = remote.remote(str(self.job_dir), t, cfg["kind"], self.argv, cfg["workdir"], cfg["setup"], env)
@@ -349,25 +174,25 @@ class Driver:
             done = ray.wait(list(running), num_returns=1, timeout=0.5)[0] if running else []
             for ref in done:
                 t, _started = running.pop(ref)
-                states[_key(t)] = self._finished(ref, t)
+                states[task_key(t)] = self._finished(ref, t)
                 dirty = True
             now = time.time()
             for ref, (t, started) in list(running.items()):
                 if not started:
-                    marker = self.job_dir / f"{STARTED}-{_key(t)}"
+                    marker = self.job_dir / f"{STARTED}-{task_key(t)}"
                     try:
                         started = float(marker.read_text() or now)
                     except (OSError, ValueError):
                         started = 0.0
                     if started:
                         running[ref] = (t, started)
-                        states[_key(t)] = {"state": "RUNNING", "started_at": started}
+                        states[task_key(t)] = {"state": "RUNNING", "started_at": started}
                         dirty = True
                 timed_out = bool(started) and per_task_limit is not None and now - started > float(per_task_limit)
-                if timed_out or (self.job_dir / f"cancel-{_key(t)}").exists():
+                if timed_out or (self.job_dir / f"cancel-{task_key(t)}").exists():
                     ray.cancel(ref, force=True)
                     running.pop(ref)
-                    states[_key(t)] = {"state": "TIMEOUT" if timed_out else "CANCELLED",
+                    states[task_key(t)] = {"state": "TIMEOUT" if timed_out else "CANCELLED",
                                        "started_at": started or None, "ended_at": now,
                                        "reason": "TimeLimit" if timed_out else None}
                     dirty = True
@@ -446,6 +271,8 @@ class Driver:
                     codes = ray.get(done[0])
                 except Exception as exc:
                     self.log(f"a training node failed: {type(exc).__name__}: {exc}")
+                    if isinstance(exc, ray.exceptions.NodeDiedError):  # the backend reports reason NodeLost
+                        (self.job_dir / NODE_LOST).write_text(f"{exc}\n")
                     codes = [1]
                 bad = next((c for c in codes if c != 0), 0)
                 if bad and not code:
@@ -455,10 +282,6 @@ class Driver:
             return code
         finally:
             remove_placement_group(pg)
-
-
-def _key(task: int | None) -> str:
-    return "main" if task is None else str(task)
 
 
 def main(argv: list[str]) -> int:

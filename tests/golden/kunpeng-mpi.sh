@@ -37,7 +37,7 @@ if [ -d "${KML_HOME:-/usr/local/kml}/lib" ]; then export LD_LIBRARY_PATH="${KML_
 if [ -n "${HMPI_HOME:-}" ] && [ -d "$HMPI_HOME/bin" ]; then export PATH="$HMPI_HOME/bin:$PATH"; export LD_LIBRARY_PATH="$HMPI_HOME/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"; fi
 # --- workload ---
 cd <WORKDIR> || exit 1
-mpirun -np 8 --allow-run-as-root --map-by ppr:1:numa --bind-to numa ./lbm input.dat &
+<PYTHON> -m suanli.runtime.launch --mpirun mpirun -np 8 --allow-run-as-root --map-by ppr:1:numa --bind-to numa ./lbm input.dat &
 child=$!
 cancelled=0
 trap 'cancelled=1; kill -TERM "$child" 2>/dev/null' TERM

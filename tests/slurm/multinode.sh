@@ -8,6 +8,7 @@
 # Partitions: cpu (n1-n3, default), npu (n2-n3, a fake `npu` GRES of 4 per node on /dev/null links).
 #
 # Usage: tests/slurm/multinode.sh start|stop|status DIR   (needs root: namespaces and links)
+#        tests/slurm/multinode.sh node-fail|node-restore NODE DIR   (a node failure for the tests, and back)
 #
 # Environment (all optional):
 #   SLURM_MULTI_MARIADB_PORT  MariaDB TCP port on 127.0.0.1   (13316)
@@ -16,6 +17,8 @@
 #   SLURM_MULTI_DBD_PORT      slurmdbd port                    (16829)
 #   SLURM_MULTI_CLUSTER       ClusterName                      (multicluster)
 #   SLURM_MULTI_TIMEOUT       seconds to wait for each step    (60)
+#   SLURM_MULTI_NET           private /24, first three octets  (10.77.0)
+#   SLURM_MULTI_PREFIX        prefix of namespaces and links   (sl: sl-n1.., sl-v1.., bridge sl-br0)
 #   SLURM_TEST_KEEP_ON_FAILURE=1  leave started daemons running when start fails
 #
 # `start` prints the start-up time and writes DIR/env (SUANLI_TEST_SLURM_MULTI_CONF=DIR/slurm.conf).
@@ -32,8 +35,9 @@ SLURMD_PORT="${SLURM_MULTI_SLURMD_PORT:-16828}"
 DBD_PORT="${SLURM_MULTI_DBD_PORT:-16829}"
 CLUSTER="${SLURM_MULTI_CLUSTER:-multicluster}"
 TIMEOUT="${SLURM_MULTI_TIMEOUT:-60}"
-NET="10.77.0"
-BRIDGE="sl-br0"
+NET="${SLURM_MULTI_NET:-10.77.0}"
+PREFIX="${SLURM_MULTI_PREFIX:-sl}"
+BRIDGE="${PREFIX}-br0"
 CTL_ADDR="${NET}.1"
 NODES=(n1 n2 n3)
 DAEMONS=(slurmd-n1 slurmd-n2 slurmd-n3 slurmctld slurmdbd mariadb munged)
@@ -48,8 +52,8 @@ comm_of() {
     esac
 }
 
-netns_of() { printf 'sl-%s' "$1"; }                   # n1 -> sl-n1
-veth_of() { printf 'sl-v%s' "${1#n}"; }               # n1 -> sl-v1 (the bridge side)
+netns_of() { printf '%s-%s' "${PREFIX}" "$1"; }        # n1 -> sl-n1
+veth_of() { printf '%s-v%s' "${PREFIX}" "${1#n}"; }    # n1 -> sl-v1 (the bridge side)
 addr_of() { printf '%s.%s' "${NET}" "$((10 + ${1#n}))"; } # n1 -> 10.77.0.11
 
 # ---------------------------------------------------------------- network
@@ -140,7 +144,7 @@ write_configs() {
     local user="$1" n i nodes=""
     mkdir -p "${DIR}/state" "${DIR}/dev" "${RUN_DIR}" "${LOG_DIR}" "${DB_DIR}"
     chmod 755 "${DIR}"
-    for n in "${NODES[@]}"; do mkdir -p "${DIR}/spool/${n}"; done
+    for n in "${NODES[@]}"; do mkdir -p "${DIR}/spool/${n}" "${DIR}/tmp/${n}"; done
     for i in 0 1 2 3; do ln -sfn /dev/null "${DIR}/dev/npu${i}"; done
     for n in "${NODES[@]}"; do
         nodes+="NodeName=${n} NodeAddr=$(addr_of "${n}") NodeHostname=${n} CPUs=2 RealMemory=2000"
@@ -161,6 +165,9 @@ AuthInfo=socket=${MUNGE_SOCKET}
 CredType=cred/munge
 StateSaveLocation=${DIR}/state
 SlurmdSpoolDir=${DIR}/spool/%n
+# Each node's own scratch folder, as /tmp is on a real node: srun --mpi=pmix makes its per-step folders
+# (spmix_appdir_<uid>_<job>.<step>) there, and three nodes sharing this machine's /tmp would collide.
+TmpFS=${DIR}/tmp/%n
 SlurmctldPidFile=$(pidfile slurmctld)
 SlurmdPidFile=${RUN_DIR}/slurmd-%n.pid
 SlurmctldLogFile=$(logfile slurmctld)
@@ -259,7 +266,7 @@ do_start() {
     export SLURM_CONF="${SLURM_CONF_FILE}"
 
     if net_exists && [ ! -e "$(net_mark)" ]; then
-        die "${BRIDGE} or the namespaces sl-n1..sl-n3 exist but belong to another cluster folder: stop that one first (tests/slurm/multinode.sh stop ITS_DIR)"
+        die "${BRIDGE} or the namespaces ${PREFIX}-n1..${PREFIX}-n3 exist but belong to another cluster folder: stop that one first (tests/slurm/multinode.sh stop ITS_DIR)"
     fi
     if all_alive && net_exists; then
         log "cluster in ${DIR} is already running"
@@ -352,4 +359,47 @@ do_status() {
     return "${rc}"
 }
 
-main "$@"
+# A node that fails as real ones do: its slurmd and every process in its namespace (the job's ranks) are
+# killed at once, and the controller is told it is down (as a node health check or an admin would; slurmctld
+# alone would notice only after SlurmdTimeout). Slurm then ends or requeues the jobs that ran there.
+do_node_fail() {
+    local n="$1" ns pid
+    ns="$(netns_of "${n}")"
+    [ -e "/run/netns/${ns}" ] || die "no node ${n} (namespace ${ns})"
+    export SLURM_CONF="${SLURM_CONF_FILE}"
+    # shellcheck disable=SC2046  # a list of pids
+    kill -KILL $(ip netns pids "${ns}") 2>/dev/null || true
+    rm -f "$(pidfile "slurmd-${n}")"
+    scontrol update nodename="${n}" state=down reason="node-fail test" >/dev/null
+    log "node ${n} failed: its processes were killed and it is DOWN"
+}
+
+# The failed node back: slurmd started again in its namespace and the node resumed (schedulable again).
+do_node_restore() {
+    local n="$1" i
+    export SLURM_CONF="${SLURM_CONF_FILE}"
+    if ! live_pid "slurmd-${n}" >/dev/null; then
+        launch "slurmd-${n}" nsenter --net="/run/netns/$(netns_of "${n}")" unshare --uts -- \
+            sh -c 'hostname "$1" && exec slurmd -N "$1"' slurmd-launch "${n}"
+    fi
+    for ((i = 0; i < TIMEOUT * 5; i++)); do
+        scontrol update nodename="${n}" state=resume >/dev/null 2>&1 || true
+        case "$(sinfo -h -n "${n}" -o '%t' 2>/dev/null | head -n 1)" in
+            idle | mix | alloc | comp)  # responding and schedulable again (a requeued job may take it at once)
+                log "node ${n} is back"
+                return 0
+                ;;
+        esac
+        sleep 0.2
+    done
+    die "node ${n} did not come back within ${TIMEOUT} s"
+}
+
+case "${1:-}" in
+    node-fail | node-restore)
+        [ "$#" -eq 3 ] || { echo "usage: $0 node-fail|node-restore NODE DIR" >&2; exit 2; }
+        set_paths "$3"
+        if [ "$1" = node-fail ]; then do_node_fail "$2"; else do_node_restore "$2"; fi
+        ;;
+    *) main "$@" ;;
+esac

@@ -13,67 +13,50 @@ dask-jobqueue are imported inside the functions, never at module level.
 
 from __future__ import annotations
 
-import dataclasses
-import os
-import re
-import secrets
-import shlex
 import signal
-import socket
 import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
-from suanli.compute import script as sh
-from suanli.compute.base import Backend, Submission
-from suanli.compute.config import ClusterConfig, Configs
-from suanli.compute.payload import suanli_pythonpath
-from suanli.compute.sbatch import resource_options
-from suanli.compute.store import JobRow, Store
+from suanli.compute.base import Submission
+from suanli.compute.dask.pilots import (
+    PILOT_OPTIONS,
+    Pilots,
+    _job_class,
+    pilot_job_options,
+    resource_options,
+    subprocess_scancel,
+)
+from suanli.compute.dask.request import (
+    DEFAULT_MEMORY_PER_CORE_MB,
+    ENGINE_OPTIONS,
+    RESOURCE_OPTIONS,
+    SPEC_OPTIONS,
+    STALL_TIMEOUT_S,
+    MapClient,
+    PilotRequest,
+    nodes_are_local,
+    resolve,
+    with_pilot_memory,
+)
 from suanli.errors import BackendError, JobFailedError, RemoteTraceback, UsageError
-from suanli.jobs.resources import Resources
-from suanli.jobs.spec import Function, JobSpec
 from suanli.jobs.state import JobState, combine_states
+
+__all__ = ["DEFAULT_MAX_WORKERS", "DEFAULT_MEMORY_PER_CORE_MB", "ENGINE_OPTIONS", "INSTALL_HINT", "PILOT_OPTIONS",
+           "RESOURCE_OPTIONS", "RESULT_TIMEOUT_S", "SETTLE_AFTER_S", "SPEC_OPTIONS", "STALL_TIMEOUT_S", "ItemExit",
+           "MapClient", "PilotRequest", "Pilots", "Sweep", "_job_class", "nodes_are_local", "pilot_job_options",
+           "resolve", "resource_options", "run_map", "subprocess_scancel", "with_pilot_memory"]
 
 INSTALL_HINT = "pip install 'suanli[dask]'"
 #: Pilot workers when the caller gives no ``max_concurrent``.
 DEFAULT_MAX_WORKERS = 4
-#: Options of ``map`` that apply to a dask pilot job (the names ``Client.map``/``build_spec`` use).
-RESOURCE_OPTIONS = {"cpus_per_task": "cpus_per_task", "memory": "memory", "mem": "memory",
-                    "accelerators": "accelerators", "accelerator_kind": "accelerator_kind", "time": "time"}
-SPEC_OPTIONS = ("partition", "account", "qos", "constraint", "setup", "workdir", "env", "name")
-#: Options of the dask engine itself.
-ENGINE_OPTIONS = ("interface", "stall_timeout")
-#: With no worker connected and every pilot job ended this long, the sweep gives up (the pilots cannot start).
 RESULT_TIMEOUT_S = 300.0  # to fetch one finished item's value from its worker
-STALL_TIMEOUT_S = 60.0
-#: Memory per core of a pilot that asks for none, where the partition's config does not say its memory.
-DEFAULT_MEMORY_PER_CORE_MB = 1024
 #: How long a background thread keeps refreshing the cancelled pilots' rows after the sweep has returned.
 SETTLE_AFTER_S = 60.0
-_ID_ALPHABET = "abcdefghjkmnpqrstuvwxyz23456789"
-_ADDR = re.compile(r"NodeAddr=(\S+)", re.I)
-_NODE = re.compile(r"^\s*NodeName=(\S+)", re.I | re.M)
-
-
-class MapClient(Protocol):
-    """What the engine needs from ``suanli.api.Client`` (this layer may not import it)."""
-
-    store: Store
-
-    @property
-    def configs(self) -> Configs: ...
-
-    def prepare(self, spec: JobSpec, cluster: str | None = None) -> tuple[Submission, Backend]: ...
-
-    def refresh(self, rows: Sequence[JobRow]) -> None: ...
-
-    def cancel_many(self, targets: Sequence[tuple[JobRow, int | None]]) -> None: ...
 
 
 # ---------------------------------------------------------------- the result
@@ -137,304 +120,6 @@ class Sweep:
                              f"item {first} raised {what}") from self.errors[first]
 
 
-# ---------------------------------------------------------------- options
-@dataclass(frozen=True)
-class PilotRequest:
-    """One pilot job's resolved request: what ``Client.prepare`` made of the options."""
-
-    sub: Submission
-    interface: str | None
-    stall_timeout: float
-
-
-def _new_id() -> str:
-    first = secrets.choice(_ID_ALPHABET[:23])
-    return first + "".join(secrets.choice(_ID_ALPHABET) for _ in range(7))
-
-
-def resolve(client: MapClient, fn: Callable[[Any], Any], cluster: str | None, options: dict[str, Any]) -> PilotRequest:
-    """Check the cluster and the options; resolve partition, account, defaults and limits like a submission."""
-    cfg = client.configs.cluster(cluster)
-    if cfg.backend != "slurm":
-        raise UsageError(f"map: engine 'dask' needs a slurm cluster, but cluster {cfg.name!r} uses the "
-                         f"{cfg.backend!r} backend; use engine 'array' there, or a slurm cluster")
-    res_opts: dict[str, Any] = {}
-    spec_opts: dict[str, Any] = {}
-    interface: str | None = None
-    stall = STALL_TIMEOUT_S
-    for key, value in options.items():
-        if key in RESOURCE_OPTIONS:
-            res_opts[RESOURCE_OPTIONS[key]] = value
-        elif key in SPEC_OPTIONS:
-            spec_opts[key] = value
-        elif key == "interface":
-            interface = None if value is None else str(value)
-        elif key == "stall_timeout":
-            if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-                raise UsageError(f"map: stall_timeout {value!r} is not a positive number of seconds")
-            stall = float(value)
-        elif key in ("nodes", "tasks_per_node", "ntasks_per_node", "array", "after", "dependencies", "requeue",
-                     "max_restarts"):
-            raise UsageError(f"map: option {key!r} does not apply to engine 'dask' (each pilot worker is one task "
-                             "on one node; dask retries lost tasks itself)")
-        else:
-            valid = sorted({*RESOURCE_OPTIONS, *SPEC_OPTIONS, *ENGINE_OPTIONS})
-            raise UsageError(f"map: unknown option {key!r} for engine 'dask'; valid options: {', '.join(valid)}")
-    res = Resources(**res_opts)  # the same one-line UsageErrors as submit's options
-    setup = spec_opts.pop("setup", ())
-    if setup is not None and not isinstance(setup, str | list | tuple):
-        raise UsageError(f"map: setup {setup!r} is not a shell line or a list of them")
-    setup = (setup,) if isinstance(setup, str) else tuple(setup or ())
-    workdir = spec_opts.get("workdir")
-    if workdir is not None and not os.path.isdir(str(workdir)):
-        raise UsageError(f"map: workdir {workdir!r} is not a folder here; the pilot jobs would run elsewhere")
-    if interface is not None:
-        import psutil
-
-        if interface not in psutil.net_if_addrs():
-            raise UsageError(f"map: interface {interface!r} is not a network interface of this machine; have: "
-                             f"{', '.join(sorted(psutil.net_if_addrs()))}")
-    env = dict(spec_opts.pop("env", None) or {})
-    spec = JobSpec(workload=Function(fn), resources=res, cluster=cfg.name, setup=setup, env=env,
-                   **{k: v for k, v in spec_opts.items() if v is not None})
-    sub, _backend = client.prepare(spec, cfg.name)
-    sub = with_pilot_memory(sub)
-    for what, value in (("account", sub.spec.account), ("qos", sub.spec.qos), ("constraint", sub.spec.constraint)):
-        if value is not None and (not value or any(c.isspace() or not c.isprintable() for c in value)):
-            raise UsageError(f"{what}: {value!r} must be one word without spaces or control characters")
-    if interface is None and nodes_are_local(cfg):
-        interface = "lo"
-    return PilotRequest(sub=sub, interface=interface, stall_timeout=stall)
-
-
-def with_pilot_memory(sub: Submission) -> Submission:
-    """The pilot's memory, fixed once: the request, or the core's share of the partition's memory per node
-    (``DEFAULT_MEMORY_PER_CORE_MB`` a core where the config does not say). The same figure is the worker's
-    ``--memory-limit`` and sbatch's ``--mem``, as dask-jobqueue does, so dask spills before Slurm kills."""
-    res = sub.spec.resources
-    if res.memory_mb:
-        return sub
-    part = sub.partition
-    if part.memory_per_node_mb and part.cpus_per_node:
-        mb = max(1, part.memory_per_node_mb * res.cpus_per_task // part.cpus_per_node)
-    else:
-        mb = DEFAULT_MEMORY_PER_CORE_MB * res.cpus_per_task
-    spec = dataclasses.replace(sub.spec, resources=dataclasses.replace(res, memory=mb))
-    return dataclasses.replace(sub, spec=spec)
-
-
-def nodes_are_local(cfg: ClusterConfig) -> bool:
-    """True when every node of the cluster's slurm.conf is this machine, so the scheduler can stay on
-    loopback (nothing listens on the network). Unknown (no readable slurm.conf): False."""
-    conf = cfg.slurm.get("conf") or os.environ.get("SLURM_CONF") or "/etc/slurm/slurm.conf"
-    try:
-        text = Path(str(conf)).read_text()
-    except OSError:
-        return False
-    local = {"localhost", "127.0.0.1", "::1", socket.gethostname(), socket.gethostname().split(".")[0],
-             socket.getfqdn()}
-    lines = [ln.split("#", 1)[0] for ln in text.splitlines()]
-    nodes = [ln for ln in lines if re.match(r"^\s*NodeName=", ln, re.I)
-             and not re.match(r"^\s*NodeName=DEFAULT\b", ln, re.I)]
-    if not nodes:
-        return False
-    for ln in nodes:
-        addr = _ADDR.search(ln)
-        name = _NODE.search(ln)
-        where = addr.group(1) if addr else (name.group(1) if name else "")
-        if where not in local and not where.startswith("127."):
-            return False
-    return True
-
-
-# ---------------------------------------------------------------- pilot jobs
-class Pilots:
-    """The pilot jobs of one sweep: recorded in the registry before sbatch, cancelled on the way out."""
-
-    def __init__(self, client: MapClient, req: PilotRequest, sweep_id: str, fn_name: str) -> None:
-        self.client = client
-        self.req = req
-        self.sweep_id = sweep_id
-        self.name = req.sub.spec.name or f"dask-worker:{fn_name}"
-        self.ids: list[str] = []
-        self.refused: list[str] = []  # sbatch's own words for each pilot it refused
-        self.lock = threading.Lock()
-        self.closing = threading.Event()
-        self.cancelled: set[str] = set()
-        self.settler: threading.Thread | None = None
-        conf = req.sub.cluster.slurm.get("conf")
-        self.env_prefix = ["env", f"SLURM_CONF={conf}"] if conf else []
-
-    def job_dir(self, pilot_id: str) -> Path:
-        return self.client.store.root / "jobs" / pilot_id
-
-    def sbatch_argv(self, pilot_id: str) -> list[str]:
-        """Every scheduler option on the command line, none in the script."""
-        sub = self.req.sub
-        res = sub.spec.resources
-        d = self.job_dir(pilot_id)
-        argv = [*self.env_prefix, "sbatch", "--parsable", f"--job-name=suanli-dask-{self.sweep_id}",
-                f"--partition={sub.partition.name}", "--nodes=1", "--ntasks=1", f"--cpus-per-task={res.cpus_per_task}",
-                "--no-requeue", f"--output={d}/job.out", f"--error={d}/job.err", *resource_options(sub)]
-        return argv
-
-    def cancel_argv(self) -> list[str]:
-        return [*self.env_prefix, "scancel"]
-
-    def prologue(self) -> list[str]:
-        """Shell lines before the worker starts: exports (quoted) and the configured setup lines."""
-        sub = self.req.sub
-        spec = sub.spec
-        env: dict[str, str] = {"SUANLI_CLUSTER": sub.cluster.name, "SUANLI_BACKEND": "slurm",
-                               "SUANLI_ADAPTER": sub.adapter.name, "SUANLI_SWEEP_ID": self.sweep_id}
-        # The workers unpickle the caller's functions: they need the caller's import path.
-        own_prefixes = tuple({sys.prefix, sys.base_prefix, sys.exec_prefix})
-        paths = [p for p in sys.path if p and os.path.isdir(p) and not p.startswith(own_prefixes)
-                 and "dask-scratch-space" not in p]
-        current = os.environ.get("PYTHONPATH", "").split(os.pathsep)
-        own = suanli_pythonpath().get("PYTHONPATH", "").split(os.pathsep)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in dict.fromkeys([*own, *paths, *current]) if p)
-        env.update(sub.adapter.environment(spec.resources))
-        env.update(spec.env)
-        lines = [sh.export_lines(env), f"cd {sh.quote(os.path.abspath(spec.workdir or os.getcwd()))} || exit 1"]
-        lines += [*sub.adapter.setup_lines(), *sub.cluster.setup, *sub.partition.setup, *spec.setup]
-        return lines
-
-    def record(self, pilot_id: str, script: str) -> None:
-        """Insert the pilot's row (PENDING, Submitting) and its folder before sbatch runs."""
-        sub = self.req.sub
-        s = sub.spec
-        d = self.job_dir(pilot_id)
-        d.mkdir(parents=True, exist_ok=True)
-        (d / "job.sh").write_text(script)
-        row = JobRow(
-            id=pilot_id, name=self.name, cluster=sub.cluster.name, backend="slurm", native_id=None,
-            kind="dask-worker", partition=sub.partition.name, account=s.account, user=sub.user,
-            submitted_at=time.time(), job_dir=str(d),
-            meta={"resources": s.resources.to_dict(), "array": None, "dependencies": [], "max_restarts": 0,
-                  "qos": s.qos, "constraint": s.constraint, "adapter": sub.adapter.name, "layout": {},
-                  "engine": "dask", "sweep": self.sweep_id},
-            done=False,
-        )
-        self.client.store.insert(row, [None], JobState.PENDING, "Submitting")
-        with self.lock:
-            self.ids.append(pilot_id)
-
-    def submitted(self, pilot_id: str, native: str) -> None:
-        self.client.store.set_native_id(pilot_id, native)
-
-    def failed(self, pilot_id: str, why: str) -> None:
-        """sbatch refused: nothing refused stays recorded, but the watchdog learns why."""
-        self.client.store.delete(pilot_id)
-        with self.lock:
-            if pilot_id in self.ids:
-                self.ids.remove(pilot_id)
-            self.refused.append(why)
-
-    def rows(self) -> list[JobRow]:
-        with self.lock:
-            ids = list(self.ids)
-        return self.client.store.query(ids=ids) if ids else []
-
-    def cancel_all(self) -> None:
-        """scancel every pilot that has a Slurm id, is not known to be over and was not cancelled yet (one
-        call)."""
-        rows = [r for r in self.rows() if r.native_id and not r.done and r.id not in self.cancelled]
-        self.cancelled.update(r.id for r in rows)
-        if rows:
-            try:
-                self.client.cancel_many([(r, None) for r in rows])
-            except Exception:  # noqa: BLE001 - best effort on the way out; the fallback below retries once
-                subprocess_scancel(self.cancel_argv(), [r.native_id for r in rows if r.native_id])
-
-    def settle(self, timeout: float) -> None:
-        """Refresh the pilots' rows until their final states are recorded, at most ``timeout`` seconds."""
-        deadline = time.monotonic() + timeout
-        delay = 0.3
-        while True:
-            try:
-                rows = [r for r in self.rows() if not r.done]
-                if not rows:
-                    return
-                self.client.refresh(rows)
-            except Exception:  # noqa: BLE001 - (a closed registry, sacct down) a later `suanli status` does it
-                return
-            if time.monotonic() + delay > deadline:
-                return
-            time.sleep(delay)
-            delay = min(delay * 1.5, 2.0)
-
-    def settle_later(self, timeout: float) -> None:
-        """``settle`` in a daemon thread, so the sweep returns at once and the interpreter can still exit
-        (an exit cuts it short; the next ``suanli status`` or ``accounting sync`` finishes the job)."""
-        if not any(not r.done for r in self.rows()):
-            return
-        self.settler = threading.Thread(target=self.settle, args=(timeout,), daemon=True,
-                                        name=f"suanli-dask-settle-{self.sweep_id}")
-        self.settler.start()
-
-    def stderr_tail(self) -> str:
-        for pid in reversed(self.rows()):
-            try:
-                lines = (Path(pid.job_dir) / "job.err").read_text(errors="replace").strip().splitlines()
-            except OSError:
-                continue
-            if lines:
-                return " | ".join(lines[-5:])
-        return ""
-
-
-def subprocess_scancel(prefix: list[str], ids: list[str]) -> None:
-    import subprocess
-
-    if ids:
-        subprocess.run([*prefix, *ids], capture_output=True, timeout=60)
-
-
-def _job_class(pilots: Pilots) -> type:
-    """A SLURMJob that records itself in the suanli registry and keeps options off the ``#SBATCH`` header."""
-    import importlib
-
-    base: Any = importlib.import_module("dask_jobqueue.slurm").SLURMJob
-
-    class SuanliSLURMJob(base):  # type: ignore[misc]
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            super().__init__(*args, **kwargs)
-            self.job_header = "# scheduler options are on the sbatch command line"
-            self.suanli_id = _new_id()
-            self.submit_command = shlex.join(pilots.sbatch_argv(self.suanli_id))
-            self.cancel_command = shlex.join(pilots.cancel_argv())
-            prologue = [*pilots.prologue(), f"export SUANLI_JOB_ID={sh.quote(self.suanli_id)}"]
-            self._job_script_prologue = prologue
-
-        async def _submit_job(self, script_filename: str) -> str:
-            if pilots.closing.is_set():
-                raise RuntimeError("the sweep is closing; no new pilot job")
-            pilots.record(self.suanli_id, self.job_script())
-            try:
-                out: str = await super()._submit_job(script_filename)
-                native = self._job_id_from_submit_output(out)
-            except BaseException as exc:
-                lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-                error_lines = [ln for ln in lines if "error" in ln.lower()]
-                pilots.failed(self.suanli_id, (error_lines or lines or [type(exc).__name__])[-1])
-                raise
-            pilots.submitted(self.suanli_id, native)
-            if pilots.closing.is_set():  # sbatch raced with the shutdown: no orphan
-                subprocess_scancel(pilots.cancel_argv(), [native])
-            return out
-
-    return SuanliSLURMJob
-
-
-def pilot_job_options(req: PilotRequest) -> dict[str, Any]:
-    """What each pilot's ``SLURMJob`` is built with. ``memory`` is the worker's one ``--memory-limit`` (no
-    second one in extra arguments); the same figure reaches sbatch as ``--mem`` (``Pilots.sbatch_argv``)."""
-    res = req.sub.spec.resources
-    return {"cores": res.cpus_per_task, "processes": 1, "memory": f"{res.memory_mb}MiB",
-            "python": sh.quote(sys.executable), "interface": req.interface}
-
-
 # ---------------------------------------------------------------- the sweep
 def run_map(client: MapClient, fn: Callable[[Any], Any], items: Iterable[Any], *, cluster: str | None = None,
             max_workers: int | None = None,
@@ -491,7 +176,8 @@ def run_map(client: MapClient, fn: Callable[[Any], Any], items: Iterable[Any], *
     dclient: Any = None
     adaptive: Any = None
     try:
-        dcluster = slurm_cluster(job_cls=_job_class(pilots), scheduler_options={"dashboard_address": None},
+        dcluster = slurm_cluster(job_cls=_job_class(pilots), scheduler_options={"dashboard_address": None, **(
+                                     {"interface": req.scheduler_interface} if req.scheduler_interface else {})},
                                  name=f"suanli-{sweep_id}", silence_logs="error", **pilot_job_options(req))
         dclient = dist.Client(dcluster, set_as_default=False)
         adaptive = dcluster.adapt(minimum_jobs=0, maximum_jobs=workers)

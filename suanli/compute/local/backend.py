@@ -15,9 +15,11 @@ from pathlib import Path
 from typing import Any
 
 from suanli.compute import script as sh
-from suanli.compute.base import Backend, JobRef, NativeStatus, Plan, Submission, TaskKey
+from suanli.compute.base import Backend, JobRef, NativeStatus, Plan, StartEstimate, Submission, TaskKey
 from suanli.compute.config import DEFAULT_MAX_ARRAY_SIZE
+from suanli.compute.jobenv import job_env, setup_lines
 from suanli.compute.local import runner as rn
+from suanli.compute.logs import resolve_stdio
 from suanli.compute.payload import PAYLOAD, function_argv, function_payload, suanli_pythonpath
 from suanli.errors import BackendError, UsageError
 from suanli.jobs.spec import MPI, Command, Function, Map, Training
@@ -35,6 +37,8 @@ class LocalBackend(Backend):
     name = "local"
     poll_initial_s = 0.005
     poll_max_s = 0.5
+    #: Custom stdio paths: the runner opens them for each task.
+    capabilities = Backend.capabilities | {"stdio_paths"}
 
     # ------------------------------------------------------------ plan
     def plan(self, sub: Submission) -> Plan:
@@ -44,20 +48,10 @@ class LocalBackend(Backend):
             raise UsageError(f"resources.nodes: the local backend runs on one node, not {res.nodes}; "
                              "use a slurm or ray cluster for more")
         job_dir = str(sub.job_dir)
-        env: dict[str, str] = {
-            "SUANLI_JOB_ID": sub.job_id,
-            "SUANLI_JOB_NAME": spec.display_name,
-            "SUANLI_CLUSTER": sub.cluster.name,
-            "SUANLI_BACKEND": "local",
-            "SUANLI_JOB_DIR": job_dir,
-            "SUANLI_ADAPTER": sub.adapter.name,
-            "SUANLI_NNODES": "1",
-        }
-        env.update(sub.adapter.environment(res))
-        env.update(spec.env)
+        env = job_env(sub, "local", job_dir)
         files: dict[str, bytes] = {}
         launch, requires = self._launch(sub, files)
-        setup = [*sub.adapter.setup_lines(), *sub.cluster.setup, *sub.partition.setup, *spec.setup]
+        setup = setup_lines(sub)
         workdir = os.path.abspath(spec.workdir or os.getcwd())
         text = sh.render(
             sh.load_template("suanli.compute.local", "templates/job.sh.tmpl"),
@@ -85,6 +79,9 @@ class LocalBackend(Backend):
             "dependencies": [{"kind": d.kind, "job_id": d.job_id, "job_dir": d.job_dir} for d in sub.dependencies],
             "env": {},
         }
+        stdio = _stdio(spec)
+        if stdio:
+            launch_json["stdio"] = {**stdio, "job_id": sub.job_id}
         files["launch.json"] = json.dumps(launch_json, indent=1).encode()
         return Plan(
             job_id=sub.job_id,
@@ -97,7 +94,8 @@ class LocalBackend(Backend):
             env=env,
             files=files,
             details={"tasks": len(tasks), "max_concurrent": concurrency, "requires": requires,
-                     "time_limit_s": launch_json["time_limit_s"]},
+                     "time_limit_s": launch_json["time_limit_s"],
+                     "layout": {"stdio": {k: v for k, v in stdio.items() if k != "stdin"}} if stdio else {}},
         )
 
     def _launch(self, sub: Submission, files: dict[str, bytes]) -> tuple[list[str | sh.EnvRef], list[str]]:
@@ -239,6 +237,32 @@ class LocalBackend(Backend):
                 t.update(state=state, reason=reason, ended_at=now)
         rn.write_json(job_dir / rn.STATE_FILE, st)
         return st
+
+    def expected_start(self, plan: Plan, sub: Submission, timeout_s: float) -> StartEstimate:
+        """Now when the cores not busy (all cores less the one-minute load average) hold the request; unknown
+        otherwise. This machine keeps no queue, so the load is the only forecast there is."""
+        res = sub.spec.resources
+        need = res.nodes * res.cpus_per_node
+        try:
+            busy = os.getloadavg()[0]
+        except OSError:
+            return StartEstimate(None, "unknown")
+        free = (os.cpu_count() or 1) - round(busy)
+        return StartEstimate(time.time() if need <= free else None, "free cores")
+
+
+def _stdio(spec: Any) -> dict[str, str]:
+    """The spec's stdio paths, absolute; refused now (exit 2), not at run time, when a plain stdin file or the
+    folder of an output file is missing (patterned ones are checked when each task starts)."""
+    stdio = resolve_stdio(spec)
+    for key, path in stdio.items():
+        if "%" in path:
+            continue
+        if key == "stdin" and not os.path.isfile(path):
+            raise UsageError(f"stdin: no file {path}; create it or fix the path")
+        if key != "stdin" and not os.path.isdir(os.path.dirname(path)):
+            raise UsageError(f"{key}: the folder {os.path.dirname(path)} does not exist; create it first")
+    return stdio
 
 
 RUNNER_START_GRACE_S = 60.0

@@ -18,7 +18,9 @@ import sys
 import time
 from collections import deque
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
+
+from suanli.compute.logs import expand_stdio
 
 TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "PREEMPTED", "OUT_OF_MEMORY", "NODE_FAIL"}
 STATE_FILE = "state.json"
@@ -190,13 +192,15 @@ class Runner:
         if key != "main":
             env["SUANLI_ARRAY_TASK_ID"] = key
         env["SUANLI_RESTART_COUNT"] = str(t.get("restarts", 0))
-        stem = "job" if key == "main" else f"task-{key}"
-        out = open(self.dir / f"{stem}.out", "ab")  # noqa: SIM115 - closed once the child has them
-        err = open(self.dir / f"{stem}.err", "ab")  # noqa: SIM115
+        try:
+            out, err, stdin = self.open_stdio(key)
+        except OSError as exc:
+            self.launch_failed(key, f"suanli: cannot open the job's stdio file: {exc}\n")
+            return
         try:
             proc = subprocess.Popen(
                 ["/bin/bash", str(self.dir / self.launch["script"])],
-                cwd=self.dir, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+                cwd=self.dir, env=env, stdin=stdin, stdout=out, stderr=err,
                 start_new_session=True, close_fds=True,
             )
         except OSError as exc:
@@ -204,8 +208,9 @@ class Runner:
             self.update(key, state="FAILED", reason="LaunchFailed", exit_code=127, ended_at=time.time())
             return
         finally:
-            out.close()
-            err.close()
+            for fh in (out, err, stdin):
+                if not isinstance(fh, int):
+                    fh.close()
         limit = self.launch.get("time_limit_s")
         deadline = time.monotonic() + float(limit) if limit else None
         self.running[key] = (proc, deadline)
@@ -217,6 +222,42 @@ class Runner:
             self.pidfd_ok = False  # no pidfds: poll instead
         self.update(key, state="RUNNING", reason=None, pid=proc.pid, pid_start=_starttime(proc.pid),
                     started_at=time.time(), ended_at=None, exit_code=None)
+
+    def open_stdio(self, key: str) -> tuple[BinaryIO, BinaryIO, BinaryIO | int]:
+        """A task's stdout and stderr (appended, as Slurm's --open-mode=append: a restart adds to them) and
+        stdin: the spec's own files (Slurm's %A %a %j %% expanded), else the job folder's and /dev/null."""
+        stdio = self.launch.get("stdio") or {}
+        task = None if key == "main" else int(key)
+        stem = "job" if key == "main" else f"task-{key}"
+
+        def path(name: str, default: Path) -> Path:
+            given = stdio.get(name)
+            return default if given is None else Path(expand_stdio(given, stdio["job_id"], task))
+
+        out = open(path("stdout", self.dir / f"{stem}.out"), "ab")  # noqa: SIM115 - closed once the child has them
+        try:
+            err = open(path("stderr", self.dir / f"{stem}.err"), "ab")  # noqa: SIM115
+        except OSError:
+            out.close()
+            raise
+        if stdio.get("stdin") is None:
+            return out, err, subprocess.DEVNULL
+        try:
+            return out, err, open(path("stdin", Path(os.devnull)), "rb")  # noqa: SIM115
+        except OSError:
+            out.close()
+            err.close()
+            raise
+
+    def launch_failed(self, key: str, message: str) -> None:
+        """A task that could not start: the reason goes to the job folder's stderr file."""
+        stem = "job" if key == "main" else f"task-{key}"
+        try:
+            with open(self.dir / f"{stem}.err", "ab") as fh:
+                fh.write(message.encode())
+        except OSError:
+            pass
+        self.update(key, state="FAILED", reason="LaunchFailed", exit_code=127, ended_at=time.time())
 
     def cancel_queued(self, queue: deque[str]) -> None:
         """Act on new cancel markers: queued tasks end CANCELLED at once (O(1) each, the queue skips them

@@ -18,8 +18,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from suanli.compute.base import Backend, JobRef, NativeStatus, Plan, Submission, TaskKey
+from suanli.compute.base import Backend, JobRef, NativeStatus, Plan, StartEstimate, Submission, TaskKey
 from suanli.compute.config import ClusterConfig
+from suanli.compute.jobdir import float_file, mtime
+from suanli.compute.jobenv import job_env, setup_lines
 from suanli.compute.payload import PAYLOAD, function_payload, suanli_pythonpath
 from suanli.compute.ray import cluster as rc
 from suanli.errors import BackendError, UsageError
@@ -42,6 +44,7 @@ TASK_STATES = StateTable("ray task", {s.value: s for s in (JobState.PENDING, Job
 CONFIG = "ray-job.json"  # the names suanli.runtime.ray_driver uses (the runtime is not imported here)
 TASKS_FILE = "ray-tasks.json"
 WAITING, STARTED, EXIT_DRIVER = "waiting-dependency", "started", 70
+NODE_LOST = "node-lost"
 NODE_CACHE_S = 10.0
 #: Ray's error types in the words the other backends use.
 _REASONS = {"JOB_ENTRYPOINT_COMMAND_ERROR": "NonZeroExitCode", "JOB_SUPERVISOR_ACTOR_START_TIMEOUT": "StartTimeout",
@@ -55,6 +58,8 @@ class RayBackend(Backend):
     poll_max_s = 10.0
     #: Ray keeps no accounting of its own: ended jobs are booked from the registry (status_many's times).
     usage_source = "registry"
+    #: Ray restarts nothing on its own and suanli does not resubmit: --requeue is refused here, not ignored.
+    capabilities = frozenset({"arrays", "dependencies", "functions"})
 
     def __init__(self, cluster: ClusterConfig) -> None:
         super().__init__(cluster)
@@ -128,7 +133,7 @@ class RayBackend(Backend):
         argv_tail: list[str] = []
         cfg: dict[str, Any] = {
             "workdir": os.path.abspath(spec.workdir or os.getcwd()),
-            "setup": [*sub.adapter.setup_lines(), *sub.cluster.setup, *sub.partition.setup, *spec.setup],
+            "setup": setup_lines(sub),
             "time_limit_s": None if res.time_limit is None else res.time_limit.total_seconds(),
             "address": self.address,
             "dependencies": [{"kind": d.kind, "job_id": d.job_id} for d in sub.dependencies],
@@ -170,17 +175,7 @@ class RayBackend(Backend):
             raise UsageError(f"workload: the ray backend cannot run {type(w).__name__}")
         files[CONFIG] = json.dumps(cfg, indent=1).encode()
 
-        env: dict[str, str] = {
-            "SUANLI_JOB_ID": sub.job_id,
-            "SUANLI_JOB_NAME": spec.display_name,
-            "SUANLI_CLUSTER": sub.cluster.name,
-            "SUANLI_BACKEND": "ray",
-            "SUANLI_JOB_DIR": job_dir,
-            "SUANLI_ADAPTER": sub.adapter.name,
-            "SUANLI_NNODES": str(res.nodes),
-        }
-        env.update(suanli_pythonpath())
-        env.update(sub.adapter.environment(res))
+        env = job_env(sub, "ray", job_dir, pythonpath=suanli_pythonpath(), user=False)  # the driver sets spec.env
         argv = [self.python, "-m", "suanli.runtime.ray_driver", job_dir, *argv_tail]
         # Metadata is what Ray keeps of the request (it does not report requested resources later); strings only.
         metadata = {
@@ -256,7 +251,7 @@ class RayBackend(Backend):
                 reason = "WaitingForResources" if "waiting for resources" in (d.message or "") else None
                 if cancel.exists():
                     # Ray runs a job that was stopped while pending; its driver then ends at once.
-                    state, reason, ended = JobState.CANCELLED, "CancelledWhilePending", _mtime(cancel)
+                    state, reason, ended = JobState.CANCELLED, "CancelledWhilePending", mtime(cancel)
             elif state is JobState.FAILED:
                 if (folder / "timed-out").exists():
                     state, reason = JobState.TIMEOUT, "TimeLimit"
@@ -264,6 +259,8 @@ class RayBackend(Backend):
                     state, reason = JobState.CANCELLED, "DependencyNeverSatisfied"
                 elif cancel.exists():
                     state = JobState.CANCELLED
+                elif (folder / NODE_LOST).exists():
+                    reason = "NodeLost"  # a node of the placement group died; job.err names it
                 else:
                     reason = _REASONS.get(d.error_type or "", d.error_type or None)
                 if code == EXIT_DRIVER:
@@ -273,7 +270,7 @@ class RayBackend(Backend):
             if state is JobState.RUNNING and (folder / WAITING).exists():
                 state, reason, started = JobState.PENDING, "Dependency", None  # the driver waits, nothing runs
             elif started is not None:
-                started = _float_file(folder / STARTED) or started  # Ray's start_time includes that wait
+                started = float_file(folder / STARTED) or started  # Ray's start_time includes that wait
             whole = NativeStatus(state=state, reason=reason, exit_code=code, started_at=started, ended_at=ended,
                                  native_id=d.submission_id)
             per_task = _read_tasks(folder)
@@ -303,6 +300,30 @@ class RayBackend(Backend):
             if folder.is_dir():
                 (folder / "cancel").touch()  # seen by a driver that has not started yet
             self._call("stop_job", client.stop_job, ref.native_id or ref.job_id)
+
+    def expected_start(self, plan: Plan, sub: Submission, timeout_s: float) -> StartEstimate:
+        """Now when the live cluster's free resources hold the whole request and nothing else waits; unknown
+        otherwise (Ray has no queue forecast). A request no node can hold is refused, as submit would."""
+        check = plan.details["check"]
+        bundle, count = check["bundle"], int(check["count"])
+        url = f"{self.address}/api/cluster_status"
+        data = rc.get_json(url, self.address, self.cluster.name, timeout=min(timeout_s, rc.HTTP_TIMEOUT_S))
+        try:
+            rc.check_request(self.nodes(fresh=True), bundle, count, self.cluster.name, self.address)
+        except BackendError as exc:
+            return StartEstimate(None, "free resources", refused=str(exc))
+        try:
+            load = data["data"]["clusterStatus"]["loadMetricsReport"]
+            usage: dict[str, list[float]] = load["usage"]
+            waiting = load.get("resourceDemand") or load.get("pgDemand")
+        except (KeyError, TypeError):
+            return StartEstimate(None, "unknown")
+        names = {"object_store_memory": "objectStoreMemory"}
+        for key, amount in bundle.items():
+            used, total = usage.get(names.get(key, key), [0.0, 0.0])
+            if amount and total - used < amount * count:
+                return StartEstimate(None, "free resources")
+        return StartEstimate(None if waiting else time.time(), "free resources")
 
 
 # ---------------------------------------------------------------- helpers
@@ -372,20 +393,6 @@ def _task_status(whole: NativeStatus, t: dict[str, Any] | None) -> NativeStatus:
         return NativeStatus(state=state, reason=whole.reason or "DriverEnded", ended_at=whole.ended_at,
                             started_at=(t or {}).get("started_at"), native_id=whole.native_id)
     return NativeStatus(state=JobState.PENDING, reason=whole.reason, native_id=whole.native_id)
-
-
-def _float_file(path: Path) -> float | None:
-    try:
-        return float(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def _mtime(path: Path) -> float | None:
-    try:
-        return path.stat().st_mtime
-    except OSError:
-        return None
 
 
 def _first_line(exc: BaseException) -> str:

@@ -1,4 +1,4 @@
-"""The Slurm backend. It builds argv lists and scripts; the parsers live in ``parse.py``."""
+"""The Slurm backend: argv lists and scripts; sacct is read by ``sacct.py``, sbatch options are ``sbatch.py``."""
 
 from __future__ import annotations
 
@@ -7,30 +7,33 @@ import re
 import shutil
 import subprocess
 import sys
-import tempfile
-import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 
 from suanli.compute import script as sh
-from suanli.compute.base import Backend, JobRef, NativeStatus, Plan, Submission, TaskKey
+from suanli.compute.base import Backend, JobRef, NativeStatus, Plan, StartEstimate, Submission, TaskKey
 from suanli.compute.config import ClusterConfig
+from suanli.compute.jobenv import job_env, setup_lines
+from suanli.compute.logs import resolve_stdio
 from suanli.compute.payload import PAYLOAD, function_argv, function_payload, suanli_pythonpath
-from suanli.compute.sbatch import resource_options
 from suanli.compute.slurm import parse
+from suanli.compute.slurm.commands import DEFAULT_SUBMIT_RATE as DEFAULT_SUBMIT_RATE
+from suanli.compute.slurm.commands import SUBMIT_BURST as SUBMIT_BURST
+from suanli.compute.slurm.commands import SlurmCommands, bucket_for
+from suanli.compute.slurm.commands import TokenBucket as TokenBucket
+from suanli.compute.slurm.launch import (
+    device_lines,
+    mpi_launch,
+    native_parts,
+    needs_per_node_devices,
+    per_node_devices,
+    split_array,
+)
+from suanli.compute.slurm.sbatch import resource_options, scheduler_options
 from suanli.errors import BackendError, UsageError
-from suanli.jobs.spec import MPI, Array, Command, Function, Map, Training
+from suanli.jobs.spec import MPI, Command, Function, Map, Training
+from suanli.jobs.state import JobState
 
-#: Messages of a busy or restarting slurmctld: worth a bounded retry, unlike a refusal.
-TRANSIENT = ("Socket timed out", "Unable to contact slurm controller", "Connection refused", "Zero Bytes were",
-             "Resource temporarily unavailable", "slurm_receive_msg", "Transport endpoint")
-#: Of those, the ones that prove the request never reached slurmctld: the only ones after which a
-#: submission may be sent again (after a time-out the job may have been queued already).
-NEVER_ARRIVED = ("Unable to contact slurm controller", "Connection refused")
-RETRY_DELAYS = (1.0, 2.0, 4.0)
-COMMAND_TIMEOUT_S = 60.0
-#: Retries stop once this much time has gone: sbatch alone spends ~30 s before it gives up on a dead controller.
-RETRY_BUDGET_S = 45.0
 _NAME_OK = re.compile(r"[^A-Za-z0-9._+-]")
 #: An array with indices at or above MaxArraySize is split into at most this many Slurm arrays, so a cluster's
 #: default cap on array tasks (``max_array_size``) is MaxArraySize x this.
@@ -44,64 +47,15 @@ def slurm_name(name: str) -> str:
     return (_NAME_OK.sub("_", name) or "job")[:64]
 
 
-#: sbatch calls per second one process sends to a cluster by default (``slurm.submit_rate`` in its config); raw
-#: sbatch manages ~100/s on a small test controller; 60/s leaves it room for everyone else.
-DEFAULT_SUBMIT_RATE = 60.0
-#: Submissions that pass at once before the rate applies.
-SUBMIT_BURST = 20.0
 
-
-class TokenBucket:
-    """Lets bursts of submissions through at once and throttles only sustained floods to ``rate`` per second,
-    instead of sleeping on every call; protects slurmctld's RPC rate limit. A call past the burst books its
-    token in advance (the bucket goes into debt) and sleeps until it is earned, so the sustained rate is
-    ``rate`` exactly: time slept is never counted again as refill, and an oversleep is credited to the next
-    call. ``clock``/``sleep`` are injectable so the spacing can be tested without waiting."""
-
-    def __init__(self, rate: float = DEFAULT_SUBMIT_RATE, capacity: float = SUBMIT_BURST,
-                 clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep) -> None:
-        if rate <= 0 or capacity < 1:
-            raise ValueError("a token bucket needs rate > 0 and capacity >= 1")
-        self.capacity, self.rate = capacity, rate
-        self.clock, self.sleep = clock, sleep
-        self.tokens = capacity
-        self.stamp = clock()
-        self.lock = threading.Lock()
-
-    def reserve(self) -> float:
-        """Take one token; the seconds to wait before using it (0 within the burst)."""
-        with self.lock:
-            now = self.clock()
-            self.tokens = min(self.capacity, self.tokens + (now - self.stamp) * self.rate)
-            self.stamp = now
-            self.tokens -= 1
-            return -self.tokens / self.rate if self.tokens < 0 else 0.0
-
-    def take(self) -> None:
-        delay = self.reserve()
-        if delay > 0:  # outside the lock: other threads book their own later slots meanwhile
-            self.sleep(delay)
-
-
-_BUCKETS: dict[tuple[str, float], TokenBucket] = {}
-_BUCKETS_LOCK = threading.Lock()
-
-
-def bucket_for(cluster: str, rate: float) -> TokenBucket:
-    """One bucket per cluster (and rate) per process: every Client and thread of a process shares it."""
-    with _BUCKETS_LOCK:
-        bucket = _BUCKETS.get((cluster, rate))
-        if bucket is None:
-            bucket = _BUCKETS[(cluster, rate)] = TokenBucket(rate)
-        return bucket
-
-
-class SlurmBackend(Backend):
+class SlurmBackend(SlurmCommands, Backend):
     name = "slurm"
     poll_initial_s = 0.5
     poll_max_s = 30.0
     #: Ended jobs are booked from sacct (TotalCPU, steps, jobs suanli did not submit), not the registry.
     usage_source = "sacct"
+    #: sbatch options and stdio paths go on sbatch's command line (``sbatch.scheduler_options``).
+    capabilities = Backend.capabilities | {"sbatch_options", "stdio_paths"}
 
     def __init__(self, cluster: ClusterConfig) -> None:
         super().__init__(cluster)
@@ -127,59 +81,6 @@ class SlurmBackend(Backend):
                 self._max_array = 1001  # Slurm's default
         return self._max_array
 
-    def config(self) -> dict[str, str]:
-        """The controller's configuration (``scontrol show config``), with the usual retries."""
-        return parse.parse_config(self.run(["scontrol", "show", "config"], "scontrol show config").stdout)
-
-    def stream(self, argv: list[str], what: str) -> Iterator[str]:
-        """A Slurm command's stdout line by line, never all of it in memory (a centre's sacct history runs to
-        gigabytes); a failure after the last line raises BackendError."""
-        with tempfile.TemporaryFile("w+") as errfile:  # a file, so a chatty stderr can never block stdout
-            try:
-                proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=errfile, text=True, env=self.env,
-                                        errors="replace")
-            except FileNotFoundError:
-                raise BackendError(f"{what}: {argv[0]} not found; install the Slurm client tools "
-                                   "(apt-get install slurm-client) or run this on a login node") from None
-            assert proc.stdout is not None
-            try:
-                yield from proc.stdout
-                rc = proc.wait(timeout=COMMAND_TIMEOUT_S)
-            finally:
-                if proc.poll() is None:
-                    proc.kill()
-                    proc.wait()
-            errfile.seek(0)
-            err = errfile.read()
-        if rc != 0:
-            raise BackendError(f"{what}: {(err.strip().splitlines() or [f'exit code {rc}'])[0]}")
-
-    # ------------------------------------------------------------ running Slurm commands
-    def run(self, argv: list[str], what: str, input_text: str | None = None) -> subprocess.CompletedProcess[str]:
-        """Run a Slurm client command; retry only transient controller errors, within a bounded time. sbatch
-        is retried only when the request provably never arrived, so a job is never queued twice."""
-        safe = NEVER_ARRIVED if argv[0] == "sbatch" else TRANSIENT
-        delays = list(RETRY_DELAYS)
-        start = time.monotonic()
-        while True:
-            try:
-                proc = subprocess.run(argv, capture_output=True, text=True, env=self.env, timeout=COMMAND_TIMEOUT_S,
-                                      input=input_text)
-            except FileNotFoundError:
-                raise BackendError(f"{what}: {argv[0]} not found; install the Slurm client tools "
-                                   "(apt-get install slurm-client) or use another cluster") from None
-            except subprocess.TimeoutExpired:
-                proc = subprocess.CompletedProcess(argv, 124, "", f"timed out after {COMMAND_TIMEOUT_S} s")
-            if proc.returncode == 0:
-                return proc
-            message = (proc.stderr or proc.stdout).strip()
-            transient = (proc.returncode == 124 and safe is TRANSIENT) or any(t in message for t in safe)
-            if transient and delays and time.monotonic() - start + delays[0] < RETRY_BUDGET_S:
-                time.sleep(delays.pop(0))
-                continue
-            first = " ".join(message.splitlines()[:3]) or f"exit code {proc.returncode}"
-            raise BackendError(f"{what}: {first}")
-
     # ------------------------------------------------------------ plan
     def plan(self, sub: Submission) -> Plan:
         spec = sub.spec
@@ -202,45 +103,34 @@ class SlurmBackend(Backend):
             launch = ["srun", "--kill-on-bad-exit=1", f"--ntasks-per-node={tasks_per_node}", sys.executable, "-m",
                       "suanli.runtime.launch", *target, *w.args]
         elif isinstance(w, MPI):
-            ranks = w.total_ranks(res)
             tasks_per_node = w.procs_per_node(res)
-            launcher = sub.partition.mpi_launcher or "srun"
-            binding = sub.adapter.mpi_binding(launcher, tasks_per_node, sub.partition.numa_nodes)
-            if launcher == "mpirun":
-                launch = ["mpirun", "-np", str(ranks)]
-                if os.geteuid() == 0:
-                    launch.append("--allow-run-as-root")
-                launch += [*binding, "--oversubscribe", *w.argv] if not binding else [*binding, *w.argv]
-            else:
-                launch = ["srun", "--mpi=pmix", f"--ntasks={ranks}", *binding, *w.argv]
+            launch = mpi_launch(sub, w)
         else:
             raise UsageError(f"workload: the slurm backend cannot run {type(w).__name__}")
-        if (res.nodes > 1 and res.accelerators_per_node and not sub.adapter.scheduler_sets_devices
-                and launch[:1] == ["srun"] and not isinstance(w, Training)):
-            launch = per_node_devices(launch)  # Training ranks do this in suanli.runtime.launch
+        if needs_per_node_devices(sub) and isinstance(w, Command) and launch[:1] == ["srun"]:
+            launch = per_node_devices(launch)  # Training ranks do this in suanli.runtime.launch, MPI in mpi_launch
 
-        env: dict[str, str] = {
-            "SUANLI_JOB_ID": sub.job_id,
-            "SUANLI_JOB_NAME": spec.display_name,
-            "SUANLI_CLUSTER": sub.cluster.name,
-            "SUANLI_BACKEND": "slurm",
-            "SUANLI_JOB_DIR": job_dir,
-            "SUANLI_ADAPTER": sub.adapter.name,
-        }
-        env.update(suanli_pythonpath(self.env))
-        env.update(sub.adapter.environment(res))
+        own: dict[str, str] = {}
         if sub.partition.network_interface:  # else suanli.runtime.launch detects it on each node
-            env.update(GLOO_SOCKET_IFNAME=sub.partition.network_interface,
+            own.update(GLOO_SOCKET_IFNAME=sub.partition.network_interface,
                        NCCL_SOCKET_IFNAME=sub.partition.network_interface)
-        env.update(spec.env)
-        setup = [*sub.adapter.setup_lines(), *sub.cluster.setup, *sub.partition.setup, *spec.setup]
+            if isinstance(w, MPI):  # Open MPI's TCP transport (ranks) and its daemons' channel (mpirun)
+                own.update(OMPI_MCA_btl_tcp_if_include=sub.partition.network_interface,
+                           OMPI_MCA_oob_tcp_if_include=sub.partition.network_interface)
+        if spec.scheduler.export:
+            # sbatch hands --export to the job as SLURM_EXPORT_ENV, which srun inside it would apply again and
+            # start the ranks without the variables set below: srun passes the script's environment instead.
+            own["SLURM_EXPORT_ENV"] = "ALL"
+        env = job_env(sub, "slurm", job_dir, pythonpath=suanli_pythonpath(self.env), own=own, nodes=False)
+        setup = setup_lines(sub)
         text = sh.render(
             sh.load_template("suanli.compute.slurm", "templates/batch.sh.tmpl"),
             {
                 "EXPORTS": sh.export_lines(env),
                 "SETUP": "\n".join(setup) if setup else ":",
                 "WORKDIR": sh.quote(os.path.abspath(spec.workdir or os.getcwd())),
-                "LAUNCH": sh.join_argv(launch),
+                # A background command's stdin is /dev/null unless redirected: <&0 keeps sbatch --input's file.
+                "LAUNCH": sh.join_argv(launch) + (" <&0" if spec.stdin is not None else ""),
                 "MAX_RESTARTS": str(spec.max_restarts),
                 "FORWARD_USR2": forward_usr2,
                 "DEVICES": device_lines(sub.adapter.gres_name, sub.adapter.device_env_var,
@@ -252,7 +142,7 @@ class SlurmBackend(Backend):
                 f"--partition={sub.partition.name}", f"--nodes={res.nodes}",
                 # Every rank is a task: the allocation (and sacct's AllocCPUS) holds them all.
                 f"--ntasks-per-node={max(tasks_per_node, res.tasks_per_node)}",
-                f"--cpus-per-task={res.cpus_per_task}", *resource_options(sub)]
+                f"--cpus-per-task={res.cpus_per_task}", *resource_options(sub), *scheduler_options(sub)]
         if res.time_limit is not None and res.time_limit.total_seconds() > 2 * self.signal_s:
             argv.append(f"--signal=B:USR2@{self.signal_s}")
         stem = "job"
@@ -275,9 +165,20 @@ class SlurmBackend(Backend):
                 groups.setdefault(d.kind, []).extend(d.native_id.split(","))
             argv += [f"--dependency={','.join(k + ':' + ':'.join(v) for k, v in groups.items())}",
                      "--kill-on-invalid-dep=yes"]
+        stdio = resolve_stdio(spec)
+        if stdio and layout.get("chunks"):
+            raise UsageError(f"{next(iter(stdio))}: this array spans several Slurm arrays (indices at or above "
+                             f"MaxArraySize {self.max_array_size()}), whose logs stay in the job folder; use "
+                             "smaller indices or drop the path")
+        if spec.scheduler.export and layout.get("chunks"):
+            raise UsageError("export: this array spans several Slurm arrays, which suanli sends with their own "
+                             "--export; use smaller indices or drop export")
+        if stdio:
+            layout["stdio"] = {k: v for k, v in stdio.items() if k != "stdin"}
         argv += ["--requeue" if spec.max_restarts or isinstance(w, Function | Map) else "--no-requeue",
-                 "--open-mode=append",
-                 f"--output={job_dir}/{stem}.out", f"--error={job_dir}/{stem}.err", f"{job_dir}/job.sh"]
+                 "--open-mode=append", *([f"--input={stdio['stdin']}"] if "stdin" in stdio else []),
+                 f"--output={stdio.get('stdout') or f'{job_dir}/{stem}.out'}",
+                 f"--error={stdio.get('stderr') or f'{job_dir}/{stem}.err'}", f"{job_dir}/job.sh"]
         return Plan(job_id=sub.job_id, cluster=sub.cluster.name, backend=self.name, job_dir=job_dir, argv=argv,
                     script=text, script_name="job.sh", env=env, files=files,
                     details={"tasks": spec.task_count, "slurm_name": slurm_name(spec.display_name),
@@ -378,8 +279,14 @@ class SlurmBackend(Backend):
         out: list[tuple[str, int | None, int | None, NativeStatus]] = []
         # Equal answers share one status object: 10,000 pending jobs make a handful, not 10,000.
         shared: dict[tuple[object, ...], NativeStatus] = {}
+        requeued = self._requeued_after_failure([r.state for r in runs])
         for run in runs:
             ts = run.state
+            if ts.raw_id in requeued:
+                # Slurm put the job back in its queue after a node failure or preemption; slurmdbd has not
+                # written the new attempt's row yet, so the ended attempt must not be taken as the end.
+                ts = ts._replace(state=JobState.REQUEUED, reason=f"Requeued after {ts.state.value}",
+                                 exit_code=None, ended_at=None, restarts=ts.restarts + 1)
             hit = by_native.get(ts.job)
             if hit is None:
                 continue
@@ -398,6 +305,28 @@ class SlurmBackend(Backend):
                 out.append((job_id, run.lo + offset, run.hi + offset, st))
         return out
 
+    def _requeued_after_failure(self, states: Sequence[parse.TaskState]) -> set[str]:
+        """Jobs whose latest sacct row says NODE_FAIL or PREEMPTED but that the controller holds again
+        (requeued: ``--requeue`` jobs go back to the queue after a node failure). One squeue for them all,
+        asked only when such a row is there; a job squeue no longer lists has really ended."""
+        suspects = {ts.raw_id or ts.job for ts in states
+                    if ts.state in (JobState.NODE_FAIL, JobState.PREEMPTED)}
+        if not suspects:
+            return set()
+        try:
+            proc = self.run(["squeue", "-h", "-a", "--states=all", "-j", ",".join(sorted(suspects)),
+                             "-o", parse.SQUEUE_FORMAT], "squeue")
+        except BackendError:
+            return set()  # squeue forgot them (or cannot tell): sacct's answer stands
+        back = set()
+        for line in proc.stdout.splitlines():
+            native, _, rest = line.partition("|")
+            state = rest.partition("|")[0]
+            if native in suspects and state in ("PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED",
+                                                  "CONFIGURING", "RUNNING"):
+                back.add(native)
+        return back
+
     # ------------------------------------------------------------ cancel
     def cancel(self, refs: Sequence[JobRef]) -> None:
         targets: list[str] = []
@@ -415,84 +344,9 @@ class SlurmBackend(Backend):
         if targets:
             self.run(["scancel", *targets], "scancel")
 
+    def expected_start(self, plan: Plan, sub: Submission, timeout_s: float) -> StartEstimate:
+        """``sbatch --test-only`` with the exact options this plan submits (see ``route.py``)."""
+        from suanli.compute.slurm.route import expected_start
 
-def split_array(array: Array, max_size: int) -> list[tuple[int, str]]:
-    """Indices at or above MaxArraySize go into further arrays: ``(offset, --array text)`` each, where the
-    job's task id is the offset plus the array's own index. The ``%`` limit applies to each array."""
-    groups: dict[int, list[int]] = {}
-    for i in array.indices:
-        groups.setdefault(i // max_size * max_size, []).append(i)
-    return [(offset, Array(tuple(i - offset for i in idx), array.max_concurrent).compact())
-            for offset, idx in sorted(groups.items())]
+        return expected_start(plan, self.env, self.cluster.name, timeout_s)
 
-
-def native_parts(ref: JobRef) -> list[tuple[str, int]]:
-    """(native id, task offset) of each Slurm array that makes up the job (one for most jobs)."""
-    if not ref.native_id:
-        return []
-    if "," not in ref.native_id:  # one Slurm job or array, the common case (a poll asks this once per job)
-        chunks1 = ref.layout.get("chunks") if ref.layout else None
-        return [(ref.native_id, int(chunks1[0][0]) if chunks1 and len(chunks1) == 1 else 0)]
-    ids = ref.native_id.split(",")
-    chunks = ref.layout.get("chunks") or [[0, None]]
-    offsets = [int(c[0]) for c in chunks]
-    if len(offsets) != len(ids):
-        offsets = [0] * len(ids)
-    return list(zip(ids, offsets, strict=True))
-
-
-#: Run by srun on every node before the task: that node's indices from SUANLI_ACCELERATOR_MAP (fixed code; the
-#: task's argv follows as "$@", never inside this string).
-_PICK_NODE_DEVICES = (
-    'for _e in ${SUANLI_ACCELERATOR_MAP//;/ }; do if [ "${_e%%=*}" = "${SLURMD_NODENAME:-}" ]; then '
-    'export SUANLI_ACCELERATOR_IDS="${_e#*=}"; if [ -n "${SUANLI_DEVICE_VAR:-}" ]; then '
-    'export "$SUANLI_DEVICE_VAR=${_e#*=}"; fi; fi; done; exec "$@"'
-)
-
-
-def per_node_devices(srun_argv: list[str]) -> list[str]:
-    """``srun [opts] ARGV`` -> ``srun [opts] bash -c PICK suanli-task ARGV``: each node's tasks see the indices
-    Slurm gave that node (another node of the same job may hold different ones)."""
-    first = next(i for i, a in enumerate(srun_argv[1:], 1) if not a.startswith("-"))
-    return [*srun_argv[:first], "bash", "-c", _PICK_NODE_DEVICES, "suanli-task", *srun_argv[first:]]
-
-
-def device_lines(gres: str | None, var: str | None, scheduler_sets: bool = False) -> str:
-    """Shell that exports the allocated device indices, per node: ``scontrol show job -d`` lists each node's
-    GRES indices (a 2-node job may hold 2-3 on one node and 0-1 on the other), written to
-    SUANLI_ACCELERATOR_MAP (``node=ids;...``); this node's entry becomes SUANLI_ACCELERATOR_IDS, and each rank's
-    ``suanli.runtime.launch`` picks its own node's entry. Slurm sets CUDA_VISIBLE_DEVICES for gpu GRES itself
-    (the adapter says so: ``scheduler_sets``) but nothing for other GRES such as npu, so for those the adapter's
-    variable is exported from the allocation."""
-    if not gres or not var:
-        return ":"
-    lines = [
-        "suanli_ids() {  # 0-2,5 -> 0,1,2,5",
-        "    local out='' part",
-        "    for part in ${1//,/ }; do",
-        '        if [[ $part == *-* ]]; then out+="$(seq -s, "${part%-*}" "${part#*-}"),"; else out+="$part,"; fi',
-        "    done",
-        '    printf %s "${out%,}"',
-        "}",
-        'SUANLI_ACCELERATOR_MAP=""',
-        "while read -r _nodes _idx; do",
-        '    for _h in $(scontrol show hostnames "$_nodes" 2>/dev/null); do',
-        '        SUANLI_ACCELERATOR_MAP+="$_h=$(suanli_ids "$_idx");"',
-        "    done",
-        'done < <(scontrol show job -d "$SLURM_JOB_ID" 2>/dev/null '
-        f"| sed -n 's/^ *Nodes=\\([^ ]*\\) .*GRES={gres}:[^(]*(IDX:\\([^)]*\\)).*/\\1 \\2/p')",
-        'SUANLI_ACCELERATOR_IDS=""',
-        "IFS=';' read -ra _entries <<< \"$SUANLI_ACCELERATOR_MAP\"",
-        'for _e in "${_entries[@]}"; do',
-        '    if [ "${_e%%=*}" = "${SLURMD_NODENAME:-}" ]; then SUANLI_ACCELERATOR_IDS="${_e#*=}"; fi',
-        "done",
-        'if [ -z "$SUANLI_ACCELERATOR_IDS" ] && [ -n "${_entries[0]:-}" ]; then',
-        '    SUANLI_ACCELERATOR_IDS="${_entries[0]#*=}"  # a node name Slurm spells otherwise: the first entry',
-        'fi',
-        "export SUANLI_ACCELERATOR_MAP SUANLI_ACCELERATOR_IDS",
-    ]
-    if not scheduler_sets:
-        # The allocation wins over whatever the submitting shell had exported.
-        lines.append(f'if [ -n "$SUANLI_ACCELERATOR_IDS" ]; then export {var}="$SUANLI_ACCELERATOR_IDS"; fi')
-        lines.append(f"export SUANLI_DEVICE_VAR={var}")
-    return "\n".join(lines)

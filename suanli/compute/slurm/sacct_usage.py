@@ -1,38 +1,27 @@
-"""Usage records from ``sacct --parsable2`` text, read as a stream.
+"""sacct's usage lines read as a stream, one allocation at a time: apart from ``sacct.py`` only because a sync
+reads years of history and this reader is built for that (flat memory, header-named columns, steps folded in).
 
 Columns are found by the header's names, so captured outputs with other field sets parse too; a line that
 does not fit, or a state this parser has not seen, is counted and logged but never stops a sync. Only
-allocations whose attempt has ended are records: a running job is booked when it ends (the next sync sees
-it again, because sacct -S/-E lists every job that was active inside the window).
+allocations whose attempt has ended are yielded: a running job is booked when it ends (the next sync sees
+it again, because sacct -S/-E lists every job that was active inside the window). The accounting service turns
+each allocation into a usage record (rates and record ids are accounting's business, not the backend's).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
 
-from suanli.accounting.records import UsageRecord, charge_of
 from suanli.adapters import accelerator_adapters
+from suanli.compute.slurm.sacct import KNOWN_FINAL, OPEN_STATES, parse_clock, parse_time, parse_tres, state_word
 
 log = logging.getLogger("suanli")
 
 #: What `suanli accounting sync` asks sacct for.
 FIELDS = ("JobID", "JobIDRaw", "User", "Account", "Partition", "State", "AllocCPUS", "AllocNodes", "AllocTRES",
           "ElapsedRaw", "CPUTimeRAW", "TotalCPU", "Submit", "Start", "End")
-#: Allocations in these states are still going: not booked yet.
-OPEN_STATES = frozenset({"PENDING", "RUNNING", "SUSPENDED", "REQUEUE_HOLD", "REQUEUE_FED", "RESIZING",
-                         "REQUEUING", "SIGNALING", "STAGE_OUT", "CONFIGURING", "COMPLETING"})
-KNOWN_FINAL = frozenset({"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "PREEMPTED", "OUT_OF_MEMORY",
-                         "DEADLINE", "BOOT_FAIL", "REQUEUED", "REVOKED", "SPECIAL_EXIT"})
-
-#: (cpu_hour rate, accelerator_hour rate, adapter name or None) for a partition name.
-Rates = Callable[[str | None], tuple[float, float, str | None]]
-
-
-def no_rates(partition: str | None) -> tuple[float, float, str | None]:
-    return 0.0, 0.0, None
 
 
 @dataclass
@@ -56,6 +45,31 @@ class ParseStats:
             which.add(base)
 
 
+@dataclass(slots=True)
+class Allocation:
+    """One ended allocation (a job attempt, or an array task's attempt) as sacct reported it."""
+
+    job: str  # the native id as sacct prints it (``123``, ``123_4``)
+    array_task: int | None
+    attempt: int
+    user: str | None
+    account: str | None
+    partition: str | None
+    accelerator_kind: str | None
+    nodes: int
+    cpus: int
+    accelerators: int
+    submit_time: float | None
+    start_time: float | None
+    end_time: float | None
+    elapsed_s: float
+    state: str
+    cpu_seconds: float  # allocated CPUs x elapsed (CPUTimeRAW)
+    accelerator_seconds: float
+    total_cpu_s: float | None  # measured (TotalCPU), the steps' sum where the allocation line has none
+    day: str  # YYYY-MM-DD of its End, as sacct printed it
+
+
 def _gres_kinds() -> dict[str, str]:
     """``gres/<name>`` in AllocTRES -> accelerator kind, from the registered adapters (``npu`` -> ascend,
     ``gpu`` -> nvidia, and whatever other adapter is registered); the first adapter keeps a name."""
@@ -66,44 +80,6 @@ def _gres_kinds() -> dict[str, str]:
     return out
 
 
-def parse_clock(text: str) -> float | None:
-    """sacct durations: ``[D-]HH:MM:SS``, ``MM:SS.mmm``, ``HH:MM:SS.mmm``; None for empty or INVALID."""
-    text = text.strip()
-    if not text or text in ("INVALID", "UNLIMITED", "Partition_Limit"):
-        return None
-    days = 0
-    if "-" in text:
-        d, _, text = text.partition("-")
-        days = int(d)
-    parts = text.split(":")
-    try:
-        secs = 0.0
-        for p in parts:
-            secs = secs * 60 + float(p)
-    except ValueError:
-        return None
-    return days * 86400 + secs
-
-
-def parse_time(text: str) -> float | None:
-    """sacct prints local time without a zone (as its -S/-E read it); Unknown/None mean not yet."""
-    if not text or text[0] not in "0123456789":
-        return None
-    try:
-        return datetime.fromisoformat(text).timestamp()
-    except ValueError:
-        return None
-
-
-def parse_tres(text: str) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for item in text.split(","):
-        k, sep, v = item.partition("=")
-        if sep:
-            out[k] = v
-    return out
-
-
 def _int(text: str, default: int = 0) -> int:
     try:
         return int(text)
@@ -111,39 +87,35 @@ def _int(text: str, default: int = 0) -> int:
         return default
 
 
-def parse_usage(lines: Iterable[str], cluster: str, rates: Rates = no_rates, *, delimiter: str = "|",
-                header: list[str] | None = None, stats: ParseStats | None = None,
-                key: str | None = None) -> Iterator[UsageRecord]:
-    """Records from sacct lines (the first line is the header unless ``header`` is given), one per allocation
-    line. The allocation line carries AllocTRES, CPUTimeRAW and the elapsed time; the measured TotalCPU is on the
-    step lines (``123.batch``, ``123.extern``, ``123.0``) that follow it when sacct runs without ``-X`` (Slurm
-    22.05 prints 00:00:00 on a -X allocation line), so a record is yielded once its steps are read.
-
-    ``cluster`` is the config name the records show; ``key`` (default: ``cluster``) starts their record ids:
-    the physical Slurm cluster, so two configs over one slurm.conf book a job once."""
-    current: UsageRecord | None = None
+def parse_allocations(lines: Iterable[str], *, delimiter: str = "|", header: list[str] | None = None,
+                      stats: ParseStats | None = None) -> Iterator[Allocation]:
+    """Ended allocations from sacct lines (the first line is the header unless ``header`` is given), one per
+    allocation line. The allocation line carries AllocTRES, CPUTimeRAW and the elapsed time; the measured
+    TotalCPU is on the step lines (``123.batch``, ``123.extern``, ``123.0``) that follow it when sacct runs
+    without ``-X`` (Slurm 22.05 prints 00:00:00 on a -X allocation line), so an allocation is yielded once its
+    steps are read."""
+    current: Allocation | None = None
     steps_cpu = 0.0
-    for item in _parse_lines(lines, cluster, key or cluster, rates, delimiter, header, stats):
-        if item is None or isinstance(item, UsageRecord):  # an allocation line (None: one still open)
+    for item in _parse_lines(lines, delimiter, header, stats):
+        if item is None or isinstance(item, Allocation):  # an allocation line (None: one still open)
             if current is not None:
                 yield _with_steps(current, steps_cpu)
             current, steps_cpu = item, 0.0
-        elif current is not None and item[0] == current.native_id:
-            steps_cpu += item[1]  # a step of the allocation just read; never a record of its own
+        elif current is not None and item[0] == current.job:
+            steps_cpu += item[1]  # a step of the allocation just read; never an allocation of its own
     if current is not None:
         yield _with_steps(current, steps_cpu)
 
 
-def _with_steps(rec: UsageRecord, steps_cpu: float) -> UsageRecord:
+def _with_steps(alloc: Allocation, steps_cpu: float) -> Allocation:
     """sacct sums the steps into the allocation's TotalCPU itself where it can; where it printed none (Slurm
     22.05 under -X, or an allocation line without it) the steps' sum stands in. Never both: no double count."""
-    if not rec.total_cpu_s and steps_cpu:
-        rec.total_cpu_s = steps_cpu
-    return rec
+    if not alloc.total_cpu_s and steps_cpu:
+        alloc.total_cpu_s = steps_cpu
+    return alloc
 
-
-def _parse_lines(lines: Iterable[str], cluster: str, key: str, rates: Rates, delimiter: str, header: list[str] | None,
-                 stats: ParseStats | None) -> Iterator[UsageRecord | tuple[str, float] | None]:
+def _parse_lines(lines: Iterable[str], delimiter: str, header: list[str] | None,
+                 stats: ParseStats | None) -> Iterator[Allocation | tuple[str, float] | None]:
     """Allocation records (None for one still open), and ``(allocation id, TotalCPU seconds)`` per step line."""
     st = stats if stats is not None else ParseStats()
     kinds = _gres_kinds()
@@ -205,9 +177,7 @@ def _parse_lines(lines: Iterable[str], cluster: str, key: str, rates: Rates, del
             st.steps += 1
             yield job.partition(".")[0], parse_clock(row[c_total]) or 0.0
             continue
-        state = row[c_state]
-        if " " in state or state.endswith("+"):
-            state = state.split(" ")[0].rstrip("+")  # "CANCELLED by 123", "CANCELLED+"
+        state = state_word(row[c_state])  # "CANCELLED by 123", "CANCELLED+"
         base = job.split("_")[0]
         end_text = row[c_end]
         end = when(end_text)
@@ -244,7 +214,6 @@ def _parse_lines(lines: Iterable[str], cluster: str, key: str, rates: Rates, del
                     break
         acc_s = acc * elapsed
         part = same(row[c_part]) or None
-        cpu_rate, acc_rate, adapter = rates(part)
         total_cpu = parse_clock(row[c_total])
         # sacct -D prints a job's attempts one after another: count them without remembering every job.
         n_attempt = attempt_of[1] + 1 if attempt_of[0] == job else 0
@@ -252,13 +221,10 @@ def _parse_lines(lines: Iterable[str], cluster: str, key: str, rates: Rates, del
         task_text = job.partition("_")[2]
         st.records += 1
         st.note(st.booked_jobs, base)
-        yield UsageRecord(
-            record_id=f"{key}|{job}|{int(submit or 0)}|{int(start or 0)}",
-            cluster=cluster, backend="slurm", native_id=job, job_id=None,
-            array_task=int(task_text) if task_text.isdigit() else None, attempt=n_attempt,
-            user=same(row[c_user]) or None, account=same(row[c_account]) or None, partition=part, adapter=adapter,
+        yield Allocation(
+            job=job, array_task=int(task_text) if task_text.isdigit() else None, attempt=n_attempt,
+            user=same(row[c_user]) or None, account=same(row[c_account]) or None, partition=part,
             accelerator_kind=kind, nodes=nodes, cpus=cpus, accelerators=acc, submit_time=submit, start_time=start,
             end_time=end, elapsed_s=elapsed, state=same(state), cpu_seconds=cpu_s, accelerator_seconds=acc_s,
-            charge=charge_of(cpu_s, acc_s, cpu_rate, acc_rate), total_cpu_s=total_cpu, source="sacct",
-            booked_day=same(end_text[:10]),
+            total_cpu_s=total_cpu, day=same(end_text[:10]),
         )
