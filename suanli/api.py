@@ -17,6 +17,7 @@ from suanli.adapters import get_adapter
 from suanli.compute.backends import get_backend
 from suanli.compute.base import Backend, DependencyRef, JobRef, Plan, Submission, current_user
 from suanli.compute.config import (
+    AUTO,
     DEFAULT_MAX_ARRAY_SIZE,
     HARD_MAX_ARRAY_SIZE,
     ClusterConfig,
@@ -164,7 +165,7 @@ class Client(StatusRefresh, JobController):
         return route(self, spec, cluster)
 
     def _prepare_plan(self, spec: JobSpec, cluster: str | None) -> tuple[Submission, Backend, Plan]:
-        if (spec.cluster or cluster) == "auto" or spec.partition == "auto":
+        if AUTO in (spec.cluster or cluster, spec.partition):
             routed = self.route(spec, cluster)
             routed.plan.routing = routed.to_json()
             return routed.sub, routed.backend, routed.plan

@@ -52,10 +52,6 @@ class RoutingFailed(SuanliError):
         self.rows = rows
 
 
-def wants_routing(spec: JobSpec, cluster: str | None) -> bool:
-    return (spec.cluster or cluster) == AUTO or spec.partition == AUTO
-
-
 def _places(client: Client, spec: JobSpec, cluster: str | None) -> list[tuple[ClusterConfig, PartitionConfig]]:
     """Every (cluster, partition) routing weighs, in config order."""
     configs = client.configs

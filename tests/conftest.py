@@ -124,11 +124,7 @@ def slurm(home: Path, slurm_conf: str, tmp_path: Path, monkeypatch: pytest.Monke
 
     c = Client()
     yield c
-    open_jobs = [r for r in c.store.query(only_open=True) if r.native_id]
-    if open_jobs:
-        ids = [n for r in open_jobs if r.native_id for n in r.native_id.split(",")]
-        subprocess.run(["scancel", *ids], capture_output=True)
-    c.store.close()
+    scancel_open(c)
 
 
 # ---------------------------------------------------------------- a 2-rank training probe (Slurm, Ray)
@@ -196,11 +192,7 @@ def slurm_multi(home: Path, slurm_multi_conf: str, tmp_path: Path, monkeypatch: 
 
     c = Client()
     yield c
-    open_jobs = [r for r in c.store.query(only_open=True) if r.native_id]
-    if open_jobs:
-        ids = [n for r in open_jobs if r.native_id for n in r.native_id.split(",")]
-        subprocess.run(["scancel", *ids], capture_output=True, timeout=60)
-    c.store.close()
+    scancel_open(c)
 
 
 # ---------------------------------------------------------------- bounded waits
@@ -238,3 +230,12 @@ def wait_releasing_requeued(job: Any, slurm_conf: str, timeout: float) -> Any:
                            env=env)
         time.sleep(0.5)
     raise TimeoutError(f"job {job.id} still running after {timeout} s")
+
+
+def scancel_open(client: Any) -> None:
+    """Cancel the Slurm jobs a test left unfinished (so none outlives it), then close the registry."""
+    open_jobs = [r for r in client.store.query(only_open=True) if r.native_id]
+    if open_jobs:
+        ids = [n for r in open_jobs if r.native_id for n in r.native_id.split(",")]
+        subprocess.run(["scancel", *ids], capture_output=True, timeout=60)
+    client.store.close()

@@ -13,13 +13,13 @@ import subprocess
 import sys
 import time
 import urllib.parse
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import REPO, run_cli
+from conftest import REPO, run_cli, wait_until
 
 pytest.importorskip("starlette")
 pytest.importorskip("prometheus_client")
@@ -30,20 +30,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def wait_for(cond: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:
-    """Poll ``cond`` until it returns something true, for at most ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    delay = 0.05
-    while True:
-        value = cond()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(delay)
-        delay = min(delay * 1.5, 0.5)
 
 
 @dataclass
@@ -122,7 +108,7 @@ def start_server(home: Path, *extra: str) -> Iterator[Server]:
             return False
 
     try:
-        wait_for(up, 60, "suanli serve to answer /healthz")
+        wait_until(up, "suanli serve to answer /healthz", timeout=60)
         yield server
     finally:
         proc.terminate()
@@ -269,7 +255,7 @@ def test_html_escapes_job_names(portal: Server) -> None:
 
 def test_cancel_needs_the_csrf_token_and_this_origin(portal: Server) -> None:
     job = submit("--", "sleep", "300")
-    wait_for(lambda: state_of(job) == "RUNNING", 60, "the job to run")
+    wait_until(lambda: state_of(job) == "RUNNING", "the job to run", timeout=60)
     cookie, csrf = session(portal, portal.tokens["me"])
     path = f"/jobs/{job}/cancel"
     assert portal.post(path, {}, headers={"Cookie": cookie}).status == 403
@@ -284,7 +270,7 @@ def test_cancel_needs_the_csrf_token_and_this_origin(portal: Server) -> None:
     assert portal.post(path, {"csrf": csrf}, token=portal.tokens["bob"], as_json=True).status == 404  # not bob's
     r = portal.post(path, {"csrf": csrf}, headers={"Cookie": cookie, "Origin": portal.url})
     assert r.status == 303 and r.headers["location"] == f"/jobs/{job}"
-    wait_for(lambda: state_of(job) == "CANCELLED", 60, "the job to be cancelled")
+    wait_until(lambda: state_of(job) == "CANCELLED", "the job to be cancelled", timeout=60)
 
 
 def test_only_admins_change_quotas_and_a_refusal_changes_nothing(portal: Server) -> None:
@@ -436,7 +422,7 @@ def test_proxy_header_is_taken_only_from_a_trusted_proxy(home: Path) -> None:
         assert state_of(job) != "CANCELLED"
         r = server.post(path, {"csrf": csrf}, headers={"X-Remote-User": me, "Cookie": csrf_cookie})
         assert r.status == 303
-        wait_for(lambda: state_of(job) == "CANCELLED", 60, "the job to be cancelled")
+        wait_until(lambda: state_of(job) == "CANCELLED", "the job to be cancelled", timeout=60)
 
 
 def test_pages_render_for_a_user_and_an_admin(portal: Server) -> None:

@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import REPO, run_cli
-from test_portal import Server, issue, login, quotas_in_ledger, start_server, state_of, submit, wait_for
+from conftest import REPO, run_cli, wait_until
+from test_portal import Server, issue, login, quotas_in_ledger, start_server, state_of, submit
 
 pytest.importorskip("starlette")
 pytestmark = pytest.mark.browser
@@ -72,15 +72,15 @@ def portal(home: Path) -> Iterator[Server]:
 def by_css(d: Any, css: str, timeout: float = 20) -> Any:
     from selenium.webdriver.common.by import By
 
-    return wait_for(lambda: d.find_elements(By.CSS_SELECTOR, css), timeout, f"element {css}")[0]
+    return wait_until(lambda: d.find_elements(By.CSS_SELECTOR, css), f"element {css}", timeout=timeout)[0]
 
 
 def form_login(d: Any, server: Server, token: str, start: str = "/jobs") -> None:
     d.get(server.url + start)
-    wait_for(lambda: "/login" in d.current_url, 20, "the login page")
+    wait_until(lambda: "/login" in d.current_url, "the login page", timeout=20)
     by_css(d, "#token").send_keys(token)
     by_css(d, "#login-button").click()
-    wait_for(lambda: d.current_url.endswith(start), 20, f"{start} after logging in")
+    wait_until(lambda: d.current_url.endswith(start), f"{start} after logging in", timeout=20)
 
 
 def no_alert(d: Any) -> bool:
@@ -113,17 +113,17 @@ def test_browser_login_form_my_jobs_escaped_name_live_log_and_cancel(portal: Ser
     assert browser.find_elements(By.CSS_SELECTOR, "#jobs img") == [] and no_alert(browser)
     shot(browser, "portal-jobs.png")
     browser.find_element(By.LINK_TEXT, job).click()
-    wait_for(lambda: "tick-3" in by_css(browser, "#log-stdout").text, 30, "the live log to show tick-3")
+    wait_until(lambda: "tick-3" in by_css(browser, "#log-stdout").text, "the live log to show tick-3", timeout=30)
     assert by_css(browser, "#state-0").text == "RUNNING"
     shot(browser, "portal-job.png")
     by_css(browser, "#cancel").click()
-    wait_for(lambda: browser.current_url.endswith(f"/jobs/{job}"), 20, "the job page after cancel")
+    wait_until(lambda: browser.current_url.endswith(f"/jobs/{job}"), "the job page after cancel", timeout=20)
 
     def cancelled() -> bool:
         browser.refresh()
         return bool(by_css(browser, "#state-0").text == "CANCELLED")
 
-    wait_for(cancelled, 60, "the page to show CANCELLED")
+    wait_until(cancelled, "the page to show CANCELLED", timeout=60)
     assert state_of(job) == "CANCELLED"
     browser.get(portal.url + f"/jobs/{done}")
     assert by_css(browser, "#job-name").text == XSS and no_alert(browser)
@@ -141,7 +141,7 @@ def test_browser_bearer_token_header_logs_in_without_the_form(portal: Server, br
     assert by_css(browser, f'#jobs tr.job[data-id="{job}"]')
     browser.execute_cdp_cmd("Network.setExtraHTTPHeaders", {"headers": {}})
     browser.get(portal.url + "/jobs")
-    wait_for(lambda: "/login" in browser.current_url, 20, "the login page once the header is gone")
+    wait_until(lambda: "/login" in browser.current_url, "the login page once the header is gone", timeout=20)
 
 
 def _book_usage(home: Path) -> None:
@@ -164,17 +164,18 @@ def test_browser_admin_creates_a_quota_and_a_user_is_refused_with_nothing_change
     by_css(browser, "#q-cpu").send_keys("120")
     by_css(browser, "#q-acc").send_keys("nvidia:40")
     by_css(browser, "#q-save").click()
-    wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, "#quotas tr.quota-row"), 20, "the new quota's rows")
+    wait_until(lambda: browser.find_elements(By.CSS_SELECTOR, "#quotas tr.quota-row"), "the new quota's rows",
+               timeout=20)
     ledger = quotas_in_ledger()
     assert {(c["account"], c["resource"], c["limit"]) for c in ledger} == {
         ("acct1", "cpu_hours", 120.0), ("acct1", "accelerator_hours", 40.0)}
     shot(browser, "portal-quotas.png")
     browser.get(portal.url + "/usage?by=account,day&since=30d")
-    wait_for(lambda: by_css(browser, "#chart").get_attribute("data-ready") == "1", 20, "the ECharts chart")
+    wait_until(lambda: by_css(browser, "#chart").get_attribute("data-ready") == "1", "the ECharts chart", timeout=20)
     assert browser.find_elements(By.CSS_SELECTOR, "#chart canvas")
     shot(browser, "portal-usage.png")
     by_css(browser, "header button").click()  # log out
-    wait_for(lambda: "/login" in browser.current_url, 20, "the login page after logging out")
+    wait_until(lambda: "/login" in browser.current_url, "the login page after logging out", timeout=20)
     form_login(browser, portal, portal.tokens["me"], "/quotas")
     by_css(browser, "#q-account").send_keys("acct1")
     by_css(browser, "#q-cpu").send_keys("999999")
@@ -191,7 +192,7 @@ class _Evil(http.server.SimpleHTTPRequestHandler):
 
 def test_browser_cross_site_post_without_the_token_is_refused(portal: Server, browser: Any, tmp_path: Path) -> None:
     job = submit("--", "sleep", "300")
-    wait_for(lambda: state_of(job) == "RUNNING", 60, "the job to run")
+    wait_until(lambda: state_of(job) == "RUNNING", "the job to run", timeout=60)
     form_login(browser, portal, portal.tokens["me"])
     site = tmp_path / "evil"
     site.mkdir()
@@ -204,7 +205,8 @@ def test_browser_cross_site_post_without_the_token_is_refused(portal: Server, br
     thread.start()
     try:
         browser.get(f"http://127.0.0.1:{evil.server_address[1]}/index.html")
-        wait_for(lambda: browser.current_url.startswith(portal.url), 20, "the forged POST to reach the portal")
+        wait_until(lambda: browser.current_url.startswith(portal.url), "the forged POST to reach the portal",
+                   timeout=20)
         body = by_css(browser, "body").text
         assert "forbidden" in body, body
     finally:

@@ -13,8 +13,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 import test_portal_browser
-from conftest import run_cli
-from test_portal import Server, _records, issue, quotas_in_ledger, start_server, wait_for
+from conftest import run_cli, wait_until
+from test_portal import Server, _records, issue, quotas_in_ledger, start_server
 from test_portal_browser import by_css, form_login
 
 pytest.importorskip("starlette")
@@ -110,11 +110,12 @@ def test_pg_browser_admin_creates_a_quota_and_a_portal_admin_without_the_role_is
     by_css(browser, "#q-account").send_keys("acct2")
     by_css(browser, "#q-charge").send_keys("75")
     by_css(browser, "#q-save").click()
-    wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, "#quotas tr.quota-row"), 20, "the new quota's row")
+    wait_until(lambda: browser.find_elements(By.CSS_SELECTOR, "#quotas tr.quota-row"), "the new quota's row",
+               timeout=20)
     before = quotas_in_ledger()
     assert [(c["account"], c["resource"], c["limit"]) for c in before] == [("acct2", "charge", 75.0)]
     by_css(browser, "header button").click()
-    wait_for(lambda: "/login" in browser.current_url, 20, "the login page after logging out")
+    wait_until(lambda: "/login" in browser.current_url, "the login page after logging out", timeout=20)
     form_login(browser, pg_portal, pg_portal.tokens["fake_admin"], "/quotas")
     by_css(browser, "#q-account").send_keys("acct2")
     by_css(browser, "#q-charge").send_keys("99999")

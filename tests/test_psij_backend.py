@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import json
 import subprocess
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import run_cli
+from conftest import run_cli, wait_until
 
 pytest.importorskip("psij")
 
@@ -65,13 +64,6 @@ def psij_client(request: pytest.FixtureRequest) -> Any:
     return request.getfixturevalue("psij_local" if request.param == "local" else "psij_slurm")
 
 
-def _until(check: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
-
-
 def double(x: int) -> int:
     return 2 * x
 
@@ -108,7 +100,7 @@ def test_failing_command_is_failed_with_its_exit_code(psij_client: Any) -> None:
 
 def test_cancel_from_another_process_ends_cancelled(psij_client: Any) -> None:
     job = psij_client.submit(["sleep", "300"])
-    _until(lambda: job.info().state.value == "RUNNING", 60, "the job to start")
+    wait_until(lambda: job.info().state.value == "RUNNING", "the job to start", timeout=60)
     r = run_cli("cancel", job.id)
     assert r.returncode == 0, r.stderr
     assert job.wait(timeout=60).value == "CANCELLED"
@@ -142,7 +134,7 @@ def test_job_of_a_submitter_killed_after_submit_is_adopted(psij_client: Any, tmp
     proc = subprocess.Popen([sys.executable, "-m", "suanli", "submit", "--", "sh", "-c", "echo adopted"], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
-        _until(lambda: pause.exists() or proc.poll() is not None, 60, "the submitter to reach after-submit")
+        wait_until(lambda: pause.exists() or proc.poll() is not None, "the submitter to reach after-submit", timeout=60)
         assert proc.poll() is None, proc.communicate()
     finally:
         proc.kill()
@@ -236,7 +228,7 @@ def test_a_job_killed_outside_suanli_is_failed_not_completed(psij_local: Any) ->
     import psutil
 
     job = psij_local.submit(["sleep", "300"])
-    _until(lambda: job.info().state.value == "RUNNING", 60, "the job to start")
+    wait_until(lambda: job.info().state.value == "RUNNING", "the job to start", timeout=60)
     launcher = psutil.Process(int(str(job.info().native_id)))
     for p in [*launcher.children(recursive=True), launcher]:
         p.kill()

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import wait_until
 
 psij = pytest.importorskip("psij", reason="PSI/J is not installed: pip install 'suanli[psij]'")
 from psij import (  # noqa: E402
@@ -28,13 +29,6 @@ from psij import (  # noqa: E402
 
 from suanli.interop.psij import STATES, SuanliJobExecutor  # noqa: E402
 from suanli.jobs.state import JobState as SuanliState  # noqa: E402
-
-
-def until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out after {timeout} s waiting for {what}"
-        time.sleep(0.05)
 
 
 def executor() -> SuanliJobExecutor:
@@ -145,7 +139,7 @@ def test_callbacks_fire_once_per_state_change(home: Path) -> None:
         ex.submit(j)
     for j in jobs:
         j.wait()
-    until(lambda: all(len(seen.get(j.id, [])) >= 3 for j in jobs), 10, f"the final callbacks: {seen}")
+    wait_until(lambda: all(len(seen.get(j.id, [])) >= 3 for j in jobs), f"the final callbacks: {seen}", timeout=10)
     assert seen[jobs[0].id] == [JobState.QUEUED, JobState.ACTIVE, JobState.COMPLETED]
     assert seen[jobs[1].id] == [JobState.QUEUED, JobState.ACTIVE, JobState.FAILED]
 
@@ -170,7 +164,7 @@ def test_one_poller_thread_and_one_refresh_per_poll_for_twenty_jobs(home: Path) 
         status = j.wait(timeout=timedelta(seconds=120))
         assert status is not None and status.state == JobState.COMPLETED
     assert max(calls) == 20  # every followed job in one refresh
-    until(lambda: ex.poller_thread is None, 10, "the poller to stop with no job left")
+    wait_until(lambda: ex.poller_thread is None, "the poller to stop with no job left", timeout=10)
     assert not [t for t in threading.enumerate() if t.name == "suanli-psij-poller"]
 
 
@@ -250,4 +244,4 @@ def test_a_followed_job_removed_from_the_registry_ends_failed_not_followed_forev
     status = job.wait(timeout=timedelta(seconds=30))
     assert status is not None and status.state == JobState.FAILED
     assert "no longer in the registry" in (status.message or "")
-    until(lambda: ex.poller_thread is None, 10, "the poller to stop")
+    wait_until(lambda: ex.poller_thread is None, "the poller to stop", timeout=10)

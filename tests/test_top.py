@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import run_cli
-from test_portal import submit, wait_for
+from conftest import run_cli, wait_until
+from test_portal import submit
 
 TMUX = shutil.which("tmux")
 
@@ -44,12 +44,13 @@ def test_top_shows_jobs_and_the_quota_bar_refreshes_in_place_and_q_quits(home: P
     cmd = [sys.executable, "-m", "suanli", "top", "--interval", "0.3", "-A", "lab"]
     subprocess.run([*tmux, "new-session", "-d", "-s", "top", "-x", "150", "-y", "30", *env, *cmd], check=True,
                    cwd=os.getcwd(), timeout=30)
-    screen = wait_for(lambda: (s := pane(tmux)) and job in s and "RUNNING" in s and s, 60, "top to show the job")
+    screen = wait_until(lambda: (s := pane(tmux)) and job in s and "RUNNING" in s and s, "top to show the job",
+                        timeout=60)
     assert done in screen and "COMPLETED" in screen and "train?[2J" in screen  # the escape is shown, not run
     assert "quota lab" in screen and "cpu-hours: [" in screen
     first = int(screen.split("refresh ")[1].split()[0])
-    later = wait_for(lambda: (s := pane(tmux)) and int(s.split("refresh ")[1].split()[0]) > first + 1 and s, 30,
-                     "top to refresh")
+    later = wait_until(lambda: (s := pane(tmux)) and int(s.split("refresh ")[1].split()[0]) > first + 1 and s,
+                       "top to refresh", timeout=30)
     assert later.count("suanli top") == 1  # redrawn in place, not scrolled
     subprocess.run([*tmux, "send-keys", "-t", "top", "q"], check=True, timeout=10)
 
@@ -57,7 +58,7 @@ def test_top_shows_jobs_and_the_quota_bar_refreshes_in_place_and_q_quits(home: P
         r = subprocess.run([*tmux, "has-session", "-t", "top"], capture_output=True, timeout=10)
         return r.returncode != 0
 
-    wait_for(gone, 20, "top to quit on q")
+    wait_until(gone, "top to quit on q", timeout=20)
     assert run_cli("cancel", job).returncode == 0
 
 
