@@ -324,6 +324,26 @@ def test_threads_share_one_client_safely(client: Any) -> None:
     assert set(states) == {JobState.COMPLETED}
 
 
+def test_threads_share_one_client_with_a_ledger(client: Any, home: Path) -> None:
+    """Admission and booking through one Client's ledger connection from many threads at once: one transaction
+    at a time on it, every job admitted, booked once and its reservation released."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from suanli.accounting.ledger import Ledger
+    from suanli.accounting.quota import Quota
+
+    ledger = Ledger(None, home)
+    ledger.set_quota(Quota(account="lab", cpu_hours=1000), "admin")
+    with ThreadPoolExecutor(8) as pool:
+        jobs = list(pool.map(lambda _: client.submit(["true"], time="10m", account="lab"), range(24)))
+        states = list(pool.map(lambda j: j.wait(timeout=120), jobs))
+        list(pool.map(lambda _: client.store.query(), range(64)))
+    assert set(states) == {JobState.COMPLETED}
+    client.accounts.sync("local")
+    assert ledger.totals()["records"] == 24 and ledger.reservations() == []
+    ledger.close()
+
+
 def test_a_final_state_is_never_overwritten(client: Any) -> None:
     from suanli.compute.store import TaskUpdate
 

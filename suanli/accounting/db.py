@@ -11,6 +11,7 @@ import logging
 import os
 import re
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -92,6 +93,7 @@ class Database:
             raise LedgerError(f"ledger: {redact(url)!r} is not a ledger URL; use postgresql://USER@HOST:PORT/DB "
                               "or sqlite:///PATH (settings.yaml `ledger:` or $SUANLI_LEDGER_URL)")
         self._conn: Any = None
+        self._lock = threading.RLock()
         self._user: str | None = None
         self._may_rewrite: bool | None = None
 
@@ -102,6 +104,10 @@ class Database:
 
     # ------------------------------------------------------------ connection
     def connect(self) -> Any:
+        with self._lock:
+            return self._connect_locked()
+
+    def _connect_locked(self) -> Any:
         if self._conn is not None:
             return self._conn
         if self.dialect == "sqlite":
@@ -231,11 +237,13 @@ class Database:
         """One atomic unit. ``lock`` serialises transactions that share the key: SQLite takes the write lock
         at BEGIN (IMMEDIATE), PostgreSQL an advisory transaction lock (any role may take one, unlike a row
         lock on the quota table, which would need UPDATE on it)."""
-        conn = self._conn if self._conn is not None else self.connect()
-        if self.dialect == "sqlite":
-            yield from self._sqlite_tx(conn, lock)
-        else:
-            yield from self._pg_tx(conn, lock)
+        # One connection per Database, shared by the threads of a Client: one transaction at a time on it.
+        with self._lock:
+            conn = self._conn if self._conn is not None else self.connect()
+            if self.dialect == "sqlite":
+                yield from self._sqlite_tx(conn, lock)
+            else:
+                yield from self._pg_tx(conn, lock)
 
     def _sqlite_tx(self, conn: sqlite3.Connection, lock: str | None) -> Iterator[Tx]:
         deadline = time.monotonic() + self.lock_wait_s

@@ -57,6 +57,13 @@ class Store:
         with self._lock:
             return self._connect_locked()
 
+    @contextmanager
+    def _read(self) -> Iterator[sqlite3.Connection]:
+        """The shared connection for one read, held until its rows are fetched: threads sharing a Store must not
+        step one statement while another thread resets it (sqlite3 raises "no more rows available")."""
+        with self._lock:
+            yield self._connect_locked()
+
     def _connect_locked(self, for_write: bool = False) -> sqlite3.Connection:
         """The registry connection. Reads never create SUANLI_HOME: a missing registry reads as an empty one
         (not kept, so a later write creates the real file); a home this process cannot write is read from an
@@ -241,29 +248,34 @@ class Store:
     # ------------------------------------------------------------ reads
     def unsubmitted(self) -> list[JobRow]:
         """Open jobs with no native id yet: being submitted now, or left behind by a submitter that died."""
-        rows = self._connect().execute(
-            f"SELECT {_JOB_COLS} FROM jobs WHERE done = 0 AND native_id IS NULL ORDER BY submitted_at, id").fetchall()
+        with self._read() as conn:
+            rows = conn.execute(f"SELECT {_JOB_COLS} FROM jobs WHERE done = 0 AND native_id IS NULL "
+                                "ORDER BY submitted_at, id").fetchall()
         return [_job(r) for r in rows]
 
     def attempts(self, job_ids: Sequence[str]) -> dict[tuple[str, int], list[dict[str, Any]]]:
         """Earlier attempts of requeued tasks, by (job, task); tasks never requeued are absent."""
         out: dict[tuple[str, int], list[dict[str, Any]]] = {}
-        conn = self._connect()
-        for start in range(0, len(job_ids), 500):
-            chunk = job_ids[start:start + 500]
-            for job_id, task, text in conn.execute(
-                    f"SELECT job_id, task, attempts FROM tasks WHERE job_id IN ({','.join('?' * len(chunk))}) "
-                    "AND attempts IS NOT NULL", chunk):
-                out[(job_id, task)] = json.loads(text)
+        with self._read() as conn:
+            for start in range(0, len(job_ids), 500):
+                chunk = job_ids[start:start + 500]
+                for job_id, task, text in conn.execute(
+                        f"SELECT job_id, task, attempts FROM tasks WHERE job_id IN ({','.join('?' * len(chunk))}) "
+                        "AND attempts IS NOT NULL", chunk):
+                    out[(job_id, task)] = json.loads(text)
         return out
 
     def get(self, job_id: str) -> JobRow | None:
-        row = self._connect().execute(f"SELECT {_JOB_COLS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        with self._read() as conn:
+            row = conn.execute(f"SELECT {_JOB_COLS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
         return _job(row) if row else None
 
     def resolve(self, text: str) -> tuple[JobRow, int | None]:
         """A job from ``ID``, ``ID_7`` (array task 7), a unique id prefix, or a native id."""
-        conn = self._connect()
+        with self._read() as conn:
+            return self._resolve(conn, text)
+
+    def _resolve(self, conn: sqlite3.Connection, text: str) -> tuple[JobRow, int | None]:
         ident, task = text, None
         base, sep, tail = text.rpartition("_")
         if sep and tail.isascii() and tail.isdigit():
@@ -291,8 +303,12 @@ class Store:
         return job, task
 
     def tasks(self, job_ids: Sequence[str]) -> dict[str, list[tuple[Any, ...]]]:
+        with self._read() as conn:
+            return self._tasks(conn, job_ids)
+
+    @staticmethod
+    def _tasks(conn: sqlite3.Connection, job_ids: Sequence[str]) -> dict[str, list[tuple[Any, ...]]]:
         out: dict[str, list[tuple[Any, ...]]] = {j: [] for j in job_ids}
-        conn = self._connect()
         if len(out) > _SCAN_JOBS:
             # Most of the registry (`status --all`): one scan in key order beats thousands of IN lists.
             for r in conn.execute(f"SELECT job_id, {_TASK_COLS} FROM tasks ORDER BY job_id, task"):
@@ -344,7 +360,9 @@ class Store:
         if where:
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY submitted_at, id"
-        return [_job(r) for r in self._connect().execute(sql, args).fetchall()]
+        with self._read() as conn:
+            rows = conn.execute(sql, args).fetchall()
+        return [_job(r) for r in rows]
 
     def infos(self, jobs: Sequence[JobRow]) -> list[JobInfo]:
         """One JobInfo per task, jobs in the given order, tasks in index order."""

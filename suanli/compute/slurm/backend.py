@@ -276,6 +276,10 @@ class SlurmBackend(SlurmCommands, Backend):
                 raise
             proc = self.run(["squeue", "-h", "-a", "--states=all", "-o", parse.SQUEUE_FORMAT], "squeue")
             runs = [parse.TaskRun(ts, ts.task, ts.task) for ts in parse.parse_squeue(proc.stdout)]
+        else:
+            missing = set(by_native) - {run.state.job for run in runs}
+            if missing:
+                runs += self._queued_only(missing)
         out: list[tuple[str, int | None, int | None, NativeStatus]] = []
         # Equal answers share one status object: 10,000 pending jobs make a handful, not 10,000.
         shared: dict[tuple[object, ...], NativeStatus] = {}
@@ -304,6 +308,18 @@ class SlurmBackend(SlurmCommands, Backend):
             else:
                 out.append((job_id, run.lo + offset, run.hi + offset, st))
         return out
+
+    def _queued_only(self, natives: set[str]) -> list[parse.TaskRun]:
+        """Jobs sacct does not list yet (slurmdbd lags the controller while it is busy: a burst of job records,
+        its hourly roll-up): the controller's live state from one squeue. Never a final state: that one waits
+        for sacct, which alone has the exit code, the times and the usage."""
+        try:
+            proc = self.run(["squeue", "-h", "-a", "--states=all", "-j", ",".join(sorted(natives)),
+                             "-o", parse.SQUEUE_FORMAT], "squeue")
+        except BackendError:
+            return []  # a single id squeue has forgotten is an error: nothing to add
+        return [parse.TaskRun(ts, ts.task, ts.task) for ts in parse.parse_squeue(proc.stdout)
+                if ts.job in natives and not ts.state.is_terminal]
 
     def _requeued_after_failure(self, states: Sequence[parse.TaskState]) -> set[str]:
         """Jobs whose latest sacct row says NODE_FAIL or PREEMPTED but that the controller holds again
