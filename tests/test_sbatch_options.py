@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from conftest import run_cli, wait_until
 
-from suanli import Resources
+from suanli import Job, Resources
 from suanli.errors import UsageError
 from suanli.jobs.spec import Command, JobSpec, SchedulerOptions
 
@@ -285,7 +285,9 @@ def test_slurm_status_from_the_controller_while_slurmdbd_lags(slurm: Any, tmp_pa
 
     lagging = Client()  # its Slurm backend runs its commands with the fake sacct first on PATH
     monkeypatch.setenv("PATH", real_path)
-    info = lagging.get_job(later.id).info()
+    lagged = lagging.get_job(later.id)
+    assert isinstance(lagged, Job)
+    info = lagged.info()
     assert (info.state.value, info.reason) == ("PENDING", "BeginTime")
     lagging.close()
     later.cancel()
