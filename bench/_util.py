@@ -56,3 +56,15 @@ def bench_cluster(tmp: str, cluster_yaml: str, settings: str = "") -> None:
     (cfg / "settings.yaml").write_text("default_cluster: bench\n" + settings)
     os.environ["SUANLI_CONFIG"] = str(cfg)
     os.chdir(tmp)
+
+
+def pg_admin(pg: str, sql: str) -> None:
+    """One statement outside a transaction (CREATE/DROP DATABASE), with the driver the ledger uses."""
+    import psycopg2
+
+    conn = psycopg2.connect(pg)
+    try:
+        conn.autocommit = True
+        conn.cursor().execute(sql)
+    finally:
+        conn.close()

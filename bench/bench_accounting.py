@@ -31,7 +31,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from _util import median_s  # noqa: E402
+from _util import median_s, pg_admin  # noqa: E402
 
 from suanli.accounting.estimate import worst_case  # noqa: E402
 from suanli.accounting.ledger import Ledger  # noqa: E402
@@ -233,16 +233,14 @@ def save(out: Path, stamp: str, runs: list[dict[str, Any]]) -> None:
 
 
 def bench_pg(pg: str, home: Path, text: Path, n: int, parse_rps: float, env: dict[str, str]) -> dict[str, Any]:
-    import psycopg
-
     db = "bench_" + secrets.token_hex(4)
-    with psycopg.connect(pg, autocommit=True) as c:
-        c.execute(f"CREATE DATABASE {db}")  # type: ignore[arg-type]
+    pg_admin(pg, f"CREATE DATABASE {db}")
     try:
         return bench_db("PostgreSQL", pg.rsplit("/", 1)[0] + "/" + db, home, text, n, parse_rps, env)
     finally:
-        with psycopg.connect(pg, autocommit=True) as c:
-            c.execute(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")  # type: ignore[arg-type]
+        pg_admin(pg, f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
+
+
 
 
 if __name__ == "__main__":

@@ -31,13 +31,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
-HEAVY = ("ray", "torch", "dask", "distributed", "submitit", "psycopg")
+from _util import pg_admin
+
+HEAVY = ("ray", "torch", "dask", "distributed", "submitit", "psycopg", "psycopg2")
 GOALS = {"suanli --help": 1.5, "suanli submit -- true (local)": 2.5}
 
 
 def fill_registry(home: Path, n: int) -> None:
     """``n`` finished local jobs, so status lists them without asking any backend."""
-    from suanli.compute.store import JobRow, Store, TaskUpdate
+    from suanli.compute.base import NativeStatus
+    from suanli.compute.store import JobRow, Store
     from suanli.jobs.state import JobState
 
     store = Store(home)
@@ -46,8 +49,8 @@ def fill_registry(home: Path, n: int) -> None:
         jid = f"bench{i:05d}"
         store.insert(JobRow(jid, f"job-{i}", "local", "local", jid, "command", "local", None, "bench",
                             now - 3600 + i, str(home / "jobs" / jid), {}, True), [None], JobState.PENDING, None)
-    store.update_tasks(TaskUpdate(f"bench{i:05d}", None, JobState.COMPLETED, None, 0, now - 60, now, 0)
-                       for i in range(n))
+    done = NativeStatus(JobState.COMPLETED, exit_code=0, started_at=now - 60, ended_at=now)
+    store.update_tasks(((f"bench{i:05d}", None), done) for i in range(n))
     store.close()
 
 
@@ -127,17 +130,15 @@ def pg_ledger(tmp: Path) -> Iterator[str | None]:
     if not pg:
         yield None
         return
-    import psycopg
-
     name = "bench_cli_" + secrets.token_hex(4)
     p = urlsplit(pg)
-    with psycopg.connect(pg, autocommit=True) as conn:
-        conn.execute(f"CREATE DATABASE {name} OWNER suanli_admin")  # type: ignore[arg-type]
+    pg_admin(pg, f"CREATE DATABASE {name} OWNER suanli_admin")
     try:
         yield urlunsplit(p._replace(netloc=f"suanli_admin@{p.hostname}:{p.port}", path="/" + name))
     finally:
-        with psycopg.connect(pg, autocommit=True) as conn:
-            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")  # type: ignore[arg-type]
+        pg_admin(pg, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
 
 
 def build_cases(tmp: Path, cwd: Path, exe: str, py: str, n_jobs: int, pg_url: str | None) -> list[Case]:

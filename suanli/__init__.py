@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterable, Mapping
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 TYPE_CHECKING = False  # not `from typing import ...`: the CLI's start-up needs no typing at run time
 if TYPE_CHECKING:  # explicit re-exports for type checkers; at run time __getattr__ loads them
@@ -27,6 +27,7 @@ if TYPE_CHECKING:  # explicit re-exports for type checkers; at run time __getatt
     from suanli.jobs import MPI as MPI
     from suanli.jobs import Array as Array
     from suanli.jobs import Command as Command
+    from suanli.jobs import Component as Component
     from suanli.jobs import Dependency as Dependency
     from suanli.jobs import Function as Function
     from suanli.jobs import Job as Job
@@ -40,7 +41,7 @@ if TYPE_CHECKING:  # explicit re-exports for type checkers; at run time __getatt
 
 _JOB_NAMES = {
     "Array", "Command", "Dependency", "Function", "Job", "JobArray", "JobInfo", "JobSpec", "JobState", "Map",
-    "MPI", "Resources", "Training",
+    "MPI", "Resources", "Training", "Component",
 }
 _ERROR_NAMES = {"SuanliError", "UsageError", "ConfigError", "QuotaExceeded", "BackendError", "JobFailedError"}
 

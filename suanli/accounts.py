@@ -17,30 +17,31 @@ from suanli.accounting.db import LedgerError
 from suanli.accounting.estimate import Estimate, worst_case
 from suanli.accounting.ledger import Check, Ledger
 from suanli.accounting.records import UsageRecord, charge_of
-from suanli.accounts_slurm import SYNC_WINDOW_S, SlurmAccounting, SyncResult, _login, _rates, parse_usage
+from suanli.adapters import get_adapter
 from suanli.compute.backends import usage_source
 from suanli.compute.config import ClusterConfig
-from suanli.compute.slurm.sacct_usage import ParseStats
 from suanli.errors import BackendError, SuanliError, UsageError
 from suanli.jobs.resources import Resources
-from suanli.jobs.state import JobState
 
 if TYPE_CHECKING:
+    from suanli.accounts_slurm import SlurmAccounting, SyncResult
     from suanli.api import Client
     from suanli.compute.base import Submission
     from suanli.compute.store import JobRow
 
-__all__ = ["SYNC_WINDOW_S", "Accounts", "SyncResult"]
+__all__ = ["Accounts"]
 
 log = logging.getLogger("suanli")
 
-class Accounts(SlurmAccounting):
-    """The accounting service that ``api.Client`` owns: the ledger, admission, booking ended jobs, sync."""
+class Accounts:
+    """The accounting service that ``api.Client`` owns: the ledger, admission, booking ended jobs, sync. Its Slurm
+    side (sacct, `accounting sync`, `quota apply`: ``accounts_slurm.py``) loads on first use, so admitting a job
+    imports no sacct reader."""
 
     def __init__(self, client: Client) -> None:
         self.client = client
         self._ledger: Ledger | None = None
-        self._physical: dict[str, str] = {}  # slurm.conf path -> record-id key of that Slurm cluster
+        self._slurm: SlurmAccounting | None = None
 
     # ------------------------------------------------------------ the ledger
     @property
@@ -48,6 +49,21 @@ class Accounts(SlurmAccounting):
         if self._ledger is None:
             self._ledger = Ledger(self.client.configs.settings.ledger, self.client.store.root)
         return self._ledger
+
+    @property
+    def slurm(self) -> SlurmAccounting:
+        """The Slurm side, on this service's client, ledger and user."""
+        if self._slurm is None:
+            self._slurm = _slurm_side(self)
+        return self._slurm
+
+    def apply_plan(self, cluster: str) -> tuple[list[list[str]], list[str]]:
+        """The sacctmgr commands that mirror the quotas into Slurm's GrpTRESMins, and warnings."""
+        return self.slurm.apply_plan(cluster)
+
+    def apply(self, cluster: str) -> tuple[list[list[str]], list[str]]:
+        """Run ``apply_plan``'s commands (`suanli quota apply`)."""
+        return self.slurm.apply(cluster)
 
     def close(self) -> None:
         if self._ledger is not None:
@@ -60,9 +76,28 @@ class Accounts(SlurmAccounting):
 
     # ------------------------------------------------------------ admission
     def estimate(self, sub: Submission, tasks: int | None = None) -> Estimate:
+        """The worst case of the whole job: a heterogeneous job's components each at their own partition's
+        rates (component 0 is the job's own request), added up."""
         part = sub.partition
-        return worst_case(sub.spec.resources, tasks or sub.spec.task_count, part.charge.cpu_hour,
-                          part.charge.accelerator_hour)
+        est = worst_case(sub.spec.resources, tasks or sub.spec.task_count, part.charge.cpu_hour,
+                         part.charge.accelerator_hour)
+        for comp in sub.spec.components[1:]:
+            cpart = sub.cluster.partition(comp.partition)
+            more = worst_case(dataclasses.replace(comp.resources, time=sub.spec.resources.time), 1,
+                              cpart.charge.cpu_hour, cpart.charge.accelerator_hour)
+            kind = more.accelerator_kind or (get_adapter(cpart.adapter).accelerator_kind if more.accelerators
+                                             else None)
+            if est.accelerators and more.accelerators and kind != est.accelerator_kind:
+                # Quotas are kept per accelerator kind: one estimate cannot charge two kinds.
+                raise UsageError(f"components: accelerators of two kinds ({est.accelerator_kind}, {kind}) in one "
+                                 "job; submit the components that need each kind as separate jobs")
+            est = dataclasses.replace(
+                est, cpus=est.cpus + more.cpus, accelerators=est.accelerators + more.accelerators,
+                accelerator_kind=est.accelerator_kind or kind,
+                cpu_hours=_add(est.cpu_hours, more.cpu_hours),
+                accelerator_hours=_add(est.accelerator_hours, more.accelerator_hours),
+                charge=_add(est.charge, more.charge))
+        return est
 
     def admit(self, sub: Submission, est: Estimate, *, reserve: bool = True) -> list[Check]:
         """Refuse (QuotaExceeded, exit 3) or reserve the worst case. A ledger that cannot be read refuses
@@ -136,13 +171,15 @@ class Accounts(SlurmAccounting):
                 for r in rows:
                     if source[r.backend] == "sacct" and r.native_id:
                         by_cluster.setdefault(r.cluster, []).append(r)
+                if by_cluster:
+                    from suanli.accounts_slurm import ParseStats, _rates, parse_usage
                 for cluster, group in by_cluster.items():
                     cfg = self.client.configs.cluster(cluster)
                     natives = {n: r.id for r in group for n in (r.native_id or "").split(",") if n}
                     stats = ParseStats()
-                    lines = self._sacct(cfg, ["-j", ",".join(natives)])
+                    lines = self.slurm._sacct(cfg, ["-j", ",".join(natives)])
                     # A few jobs: read them all first, so the release below knows what sacct booked.
-                    parsed = parse_usage(lines, cfg.name, _rates(cfg), stats=stats, key=self.physical(cfg))
+                    parsed = parse_usage(lines, cfg.name, _rates(cfg), stats=stats, key=self.slurm.physical(cfg))
                     recs = list(self._with_job_ids(parsed, natives))
                     # Released only once sacct has booked every part: slurmdbd may still say COMPLETING.
                     self.ledger.record(recs, release_native=(cfg.name, sorted(stats.booked_jobs - stats.open_jobs)))
@@ -152,7 +189,7 @@ class Accounts(SlurmAccounting):
 
     def _with_reserved_done(self, rows: Sequence[JobRow]) -> list[JobRow]:
         """These rows plus finished jobs of this registry that still hold a reservation (a retry)."""
-        held = {r["job_id"] for r in self.ledger.reservations()} - {r.id for r in rows}
+        held = set(self.ledger.reserved_jobs()) - {r.id for r in rows}
         if not held:
             return list(rows)
         return [*rows, *(r for r in self.client.store.query(ids=sorted(held)) if r.done)]
@@ -180,9 +217,10 @@ class Accounts(SlurmAccounting):
             cpus = res.nodes * res.cpus_per_node
             accs = res.nodes * res.accelerators_per_node
             for t in tasks[r.id]:
-                task, state, _reason, restarts, started, ended = t[:6]
-                if not JobState(state).is_terminal:
+                if not t.state.is_terminal:
                     continue
+                task, state, restarts, started, ended = (-1 if t.task is None else t.task, t.state.value, t.restarts,
+                                                         t.started_at, t.ended_at)
                 runs = [(i, a.get("started_at"), a.get("ended_at"), a.get("state") or "FAILED")
                         for i, a in enumerate(earlier.get((r.id, task), ()))]
                 for attempt, begun, end, final in [*runs, (restarts, started, ended, state)]:
@@ -210,6 +248,8 @@ class Accounts(SlurmAccounting):
     # ------------------------------------------------------------ sync
     def sync(self, cluster: str | None = None, since: float | None = None, all_users: bool = False,
              until: float | None = None) -> list[SyncResult]:
+        from suanli.accounts_slurm import SyncResult
+
         configs = self.client.configs
         names = [cluster] if cluster else sorted(configs.clusters)
         out: list[SyncResult] = []
@@ -217,7 +257,7 @@ class Accounts(SlurmAccounting):
             cfg = configs.cluster(name)
             try:
                 if usage_source(cfg.backend) == "sacct":
-                    out.append(self._sync_slurm(cfg, since, all_users, until))
+                    out.append(self.slurm._sync_slurm(cfg, since, all_users, until))
                 else:
                     out.append(self._sync_registry(cfg, since, until))
             except BackendError as exc:
@@ -230,6 +270,8 @@ class Accounts(SlurmAccounting):
     def _sync_registry(self, cfg: ClusterConfig, since: float | None, until: float | None) -> SyncResult:
         """Local and Ray jobs from the registry (a user's own, thousands at most): every finished job, or those
         submitted since ``since``; rewriting a booked one changes nothing."""
+        from suanli.accounts_slurm import SyncResult, _login
+
         until = time.time() if until is None else until
         rows = self.client.store.query(cluster=cfg.name, since=since)
         if any(not r.done for r in rows):
@@ -241,3 +283,25 @@ class Accounts(SlurmAccounting):
         self.ledger.set_mark(cfg.name, "registry:" + self.user(_login()), until)
         return SyncResult(cfg.name, cfg.backend, since or 0.0, until, n, released=len(rows))
 
+
+def _slurm_side(accounts: Accounts) -> SlurmAccounting:
+    """``SlurmAccounting`` (a mixin) bound to this service: its client, ledger and database user."""
+    from suanli.accounts_slurm import SlurmAccounting
+
+    class SlurmSide(SlurmAccounting):
+        def __init__(self) -> None:
+            self.client = accounts.client
+            self._physical = {}  # slurm.conf path -> record-id key of that Slurm cluster
+
+        @property
+        def ledger(self) -> Ledger:
+            return accounts.ledger
+
+        def user(self, fallback: str) -> str:
+            return accounts.user(fallback)
+
+    return SlurmSide()
+
+
+def _add(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else a + b

@@ -50,7 +50,9 @@ def parse_usage(lines: Iterable[str], cluster: str, rates: Rates = no_rates, *, 
         cpu_rate, acc_rate, adapter = rates(a.partition)
         yield UsageRecord(
             record_id=f"{key}|{a.job}|{int(a.submit_time or 0)}|{int(a.start_time or 0)}",
-            cluster=cluster, backend="slurm", native_id=a.job, job_id=None, array_task=a.array_task,
+            # A heterogeneous job's components are booked apart (record ids 123+0, 123+1: each its own
+            # allocation and TRES) under the job's one native id, so they add up to the job.
+            cluster=cluster, backend="slurm", native_id=a.job.split("+")[0], job_id=None, array_task=a.array_task,
             attempt=a.attempt, user=a.user, account=a.account, partition=a.partition, adapter=adapter,
             accelerator_kind=a.accelerator_kind, nodes=a.nodes, cpus=a.cpus, accelerators=a.accelerators,
             submit_time=a.submit_time, start_time=a.start_time, end_time=a.end_time, elapsed_s=a.elapsed_s,

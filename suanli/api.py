@@ -264,7 +264,7 @@ class Client(StatusRefresh, JobController):
     def get_job(self, job_id: str) -> Job | JobArray:
         row, task = self.store.resolve(job_id)
         if task is None and row.meta.get("array"):
-            tasks = [t[0] for t in self.store.tasks([row.id])[row.id]]
+            tasks = [t.task for t in self.store.tasks([row.id])[row.id] if t.task is not None]
             return JobArray(row.id, self, tasks)
         return Job(row.id, self, task)
 

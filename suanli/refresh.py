@@ -9,8 +9,8 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from suanli.compute.base import Backend, JobRef
-from suanli.compute.store import JobRow, Store, TaskUpdate
+from suanli.compute.base import Backend, JobRef, NativeStatus, TaskKey
+from suanli.compute.store import JobRow, Store, TaskRow
 from suanli.compute.submitter import submitter_gone
 from suanli.errors import BackendError, SuanliError, UsageError
 from suanli.jobs.record import JobInfo
@@ -50,7 +50,7 @@ class StatusRefresh:
         groups: dict[tuple[str, str], list[JobRow]] = {}
         for r in open_rows:
             groups.setdefault((r.cluster, r.backend), []).append(r)
-        updates: list[TaskUpdate] = []
+        updates: list[tuple[TaskKey, NativeStatus]] = []
         runs_changed = 0
         for (cluster, backend_name), group in groups.items():
             try:
@@ -78,25 +78,18 @@ class StatusRefresh:
             self.accounts.finished(ended)
         return fresh
 
-    def _task_updates(self, backend: Backend, group: Sequence[JobRow]) -> list[TaskUpdate]:
+    def _task_updates(self, backend: Backend, group: Sequence[JobRow]) -> list[tuple[TaskKey, NativeStatus]]:
         """Task by task, for backends that answer per task: what changed since the registry's last look."""
-        from suanli.jobs.state import JobState
-
-        terminal = {s.value for s in JobState if s.is_terminal}
         tasks = self.store.tasks([r.id for r in group])
-        known = {(r.id, None if t[0] == -1 else t[0]): t for r in group for t in tasks[r.id]}
+        known = {(r.id, t.task): t for r in group for t in tasks[r.id]}
         refs = []
         for r in group:
-            live = tuple(None if t[0] == -1 else t[0] for t in tasks[r.id] if t[1] not in terminal)
+            live = tuple(t.task for t in tasks[r.id] if not t.state.is_terminal)
             if live:
                 refs.append(self._ref(r, live))
-        updates: list[TaskUpdate] = []
-        for (job_id, task), st in (backend.status_many(refs) if refs else {}).items():
-            if _unchanged(known.get((job_id, task)), st):
-                continue  # a big array's status rewrites only the tasks that changed
-            updates.append(TaskUpdate(job_id, task, st.state, st.reason, st.restarts, st.started_at,
-                                      st.ended_at, st.exit_code, st.native_id, st.attempts))
-        return updates
+        # A big array's status rewrites only the tasks that changed.
+        return [(key, st) for key, st in (backend.status_many(refs) if refs else {}).items()
+                if not _unchanged(known.get(key), st)]
 
     def reconcile_unsubmitted(self, rows: Sequence[JobRow], lost: JobState | None = None) -> list[str]:
         """Rows still "Submitting" whose submitter died: the backend is asked whether the job reached it. Found:
@@ -151,13 +144,12 @@ def _bind(ledger: Any, job_id: str, native_id: str) -> None:
     ledger.bind(job_id, native_id)
 
 
-def _unchanged(known: tuple[Any, ...] | None, st: Any) -> bool:
+def _unchanged(known: TaskRow | None, st: NativeStatus) -> bool:
     """Whether a backend's answer repeats what the registry already holds for the task."""
     if known is None:
         return False
-    _, state, reason, restarts, started, ended, code, native = known
-    return (st.state.value == state and st.reason == reason and st.restarts == restarts
-            and st.started_at in (None, started) and st.ended_at == ended and st.exit_code == code
-            and st.native_id in (None, native))
+    return (st.state == known.state and st.reason == known.reason and st.restarts == known.restarts
+            and st.started_at in (None, known.started_at) and st.ended_at == known.ended_at
+            and st.exit_code == known.exit_code and st.native_id in (None, known.native_id))
 
 

@@ -46,10 +46,14 @@ def _pg_url(user: str, db: str) -> str:
 
 
 def _super(sql: str, db: str = "postgres") -> None:
-    import psycopg
+    import psycopg2
 
-    with psycopg.connect(_pg_url("postgres", db), autocommit=True) as conn:
-        conn.execute(sql)  # type: ignore[arg-type]
+    conn = psycopg2.connect(_pg_url("postgres", db))
+    try:
+        conn.autocommit = True
+        conn.cursor().execute(sql)
+    finally:
+        conn.close()
 
 
 @pytest.fixture(scope="session")

@@ -14,7 +14,7 @@ import pytest
 from conftest import run_cli
 
 PKG = Path(__file__).resolve().parents[1] / "suanli"
-HEAVY = ("ray", "torch", "dask", "distributed", "submitit", "psycopg", "mpi4py", "numpy")
+HEAVY = ("ray", "torch", "dask", "distributed", "submitit", "psycopg", "psycopg2", "mpi4py", "numpy")
 
 
 def imports_of(path: Path) -> set[str]:
@@ -123,7 +123,7 @@ def test_local_submit_imports_no_yaml_accounting_or_psycopg(home: Path, monkeypa
     r, imported = imported_by("submit", *account, "--", "true")
     assert r.returncode == 0, r.stderr
     job = r.stdout.split()[-1]
-    loaded = {m for m in imported if m.split(".")[0] in ("yaml", "psycopg", "secrets")
+    loaded = {m for m in imported if m.split(".")[0] in ("yaml", "psycopg", "psycopg2", "secrets")
               or m == "suanli.accounting" or m.startswith("suanli.accounting.")}
     assert not loaded, loaded
     assert "suanli.api" in imported and "suanli.compute.local.backend" in imported  # it did submit, locally

@@ -345,10 +345,10 @@ def test_threads_share_one_client_with_a_ledger(client: Any, home: Path) -> None
 
 
 def test_a_final_state_is_never_overwritten(client: Any) -> None:
-    from suanli.compute.store import TaskUpdate
+    from suanli.compute.base import NativeStatus
 
     job = client.submit(["true"])
     assert job.wait(timeout=30) is JobState.COMPLETED
-    client.store.update_tasks([TaskUpdate(job.id, None, JobState.RUNNING)])  # a slow poller's old answer
+    client.store.update_tasks([((job.id, None), NativeStatus(JobState.RUNNING))])  # a slow poller's old answer
     info = client.store.infos([client.store.get(job.id)])[0]
     assert info.state is JobState.COMPLETED and client.store.get(job.id).done

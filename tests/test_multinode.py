@@ -263,7 +263,8 @@ def needs_mpi4py() -> None:
 @pytest.mark.multinode
 @pytest.mark.slurm
 @pytest.mark.parametrize(("launcher", "nodes", "per_node"), [("srun", 3, 1), ("mpirun", 3, 1), ("mpirun", 2, 2)])
-def test_mpi_ring_across_nodes(slurm_multi: Any, tmp_path: Path, launcher: str, nodes: int, per_node: int) -> None:
+def test_mpi_ring_across_nodes(slurm_multi: Any, slurm_multi_conf: str, tmp_path: Path, launcher: str, nodes: int,
+                               per_node: int) -> None:
     """An mpi4py ring over 2-3 nodes with the launcher this job chose (the partition sets none): every rank
     once, ``per_node`` on each of ``nodes`` distinct nodes, the token summed around the ring; mpirun takes the
     hosts from the allocation and talks over the interface the nodes share."""
@@ -290,6 +291,12 @@ def test_mpi_ring_across_nodes(slurm_multi: Any, tmp_path: Path, launcher: str, 
     if launcher == "mpirun":
         assert {(r["OMPI_MCA_btl_tcp_if_include"], r["OMPI_MCA_oob_tcp_if_include"]) for r in ranks} == {
             ("eth0", "eth0")}
+    else:  # srun's ranks: the one network the nodes share, as CIDR, never loopback
+        import ipaddress
+
+        [net] = {r["OMPI_MCA_btl_tcp_if_include"] for r in ranks}
+        assert all(ipaddress.ip_address(a) in ipaddress.ip_network(net)
+                   for a in node_addrs(slurm_multi_conf).values()), net
 
 
 @pytest.mark.multinode
@@ -351,7 +358,7 @@ def test_the_jobs_mpi_launcher_wins_over_the_partitions(home: Path, tmp_path: Pa
     suanli.runtime.launch (the interface), srun through PMIx; a partition's interface reaches Open MPI."""
     monkeypatch.setenv("SUANLI_CONFIG", str(mpi_config(tmp_path)))
     srun = mpi_plan(tmp_path, MPI(["./a.out"]))
-    assert "srun --mpi=pmix --kill-on-bad-exit=1 --ntasks=4 ./a.out" in srun.script
+    assert "-m suanli.runtime.launch --srun srun --mpi=pmix --kill-on-bad-exit=1 --ntasks=4 ./a.out" in srun.script
     partition = mpi_plan(tmp_path, MPI(["./a.out"]), partition="ib")
     assert "-m suanli.runtime.launch --mpirun mpirun -np 4 " in partition.script
     assert partition.env["OMPI_MCA_btl_tcp_if_include"] == "ib0"
@@ -395,6 +402,25 @@ def test_mpirun_gets_the_interface_unless_the_job_chose() -> None:
     if own:
         name, addr = own[0]
         assert mpirun_argv(argv, {"MASTER_ADDR": addr})[1:4] == ["--mca", "btl_tcp_if_include", name]
+
+
+def test_srun_mpi_ranks_get_the_network_unless_the_job_chose() -> None:
+    """srun's ranks: the network (CIDR) of the interface routing to MASTER_ADDR, the same string on every node;
+    nothing on loopback or when the job or the partition set Open MPI's parameters."""
+    import ipaddress
+
+    from suanli.runtime.launch import srun_mpi_env
+
+    assert srun_mpi_env({"MASTER_ADDR": "127.0.0.1"}) == {}
+    assert srun_mpi_env({"MASTER_ADDR": "127.0.0.1", "OMPI_MCA_btl_tcp_if_include": "ib0"}) == {}
+    own = [(n, a) for _, n in socket.if_nameindex() if n != "lo" and (a := interface_address(n))
+           and not a.startswith("127.")]
+    if not own:
+        pytest.skip("this machine has no IPv4 interface but loopback")
+    addr = own[0][1]
+    net = srun_mpi_env({"MASTER_ADDR": addr})["OMPI_MCA_btl_tcp_if_include"]
+    assert ipaddress.ip_address(addr) in ipaddress.ip_network(net) and not net.startswith("127.")
+    assert srun_mpi_env({"MASTER_ADDR": addr, "OMPI_MCA_oob_tcp_if_include": "eth1"}) == {}
 
 
 # ---------------------------------------------------------------- node failure

@@ -29,10 +29,14 @@ def _url(user: str, db: str) -> str:
 
 
 def _super(sql: str, db: str = "postgres") -> None:
-    import psycopg
+    import psycopg2  # the ledger's driver (suanli[postgres])
 
-    with psycopg.connect(_url("postgres", db), autocommit=True) as conn:
-        conn.execute(sql)  # type: ignore[arg-type]
+    conn = psycopg2.connect(_url("postgres", db))
+    try:
+        conn.autocommit = True
+        conn.cursor().execute(sql)
+    finally:
+        conn.close()
 
 
 @pytest.fixture

@@ -316,7 +316,7 @@ def test_slurm_runs_a_job_in_a_real_reservation(slurm: Any) -> None:
         got = wait_until(lambda: sacct(native_of(slurm, job.id), "ReservationId").get("ReservationId"),
                          "sacct ReservationId", SACCT_LAG_S, 0.5)
         assert got == wait_until(lambda: subprocess.run(
-            ["sacctmgr", "-n", "-P", "show", "reservation", f"where=name={name}", "format=id"],
+            ["sacctmgr", "-n", "-P", "show", "reservation", f"names={name}", "format=id"],
             capture_output=True, text=True, timeout=60).stdout.strip(), "the reservation in slurmdbd", SACCT_LAG_S, 0.5)
         r = run_cli("submit", "--reservation", f"{name}_missing", "--", "true")
         assert r.returncode == 4 and "sbatch refused" in r.stderr, r.stderr

@@ -57,7 +57,7 @@ class Admission:
 
     # ------------------------------------------------------------ quotas
     def quotas(self, account: str | None = None) -> list[Quota]:
-        with self.db.transaction() as tx:
+        with self.db.transaction(single=True) as tx:
             return self._quotas(tx, account)
 
     @staticmethod
@@ -192,7 +192,7 @@ class Admission:
         return checks
 
     def bind(self, job_id: str, native_id: str) -> None:
-        with self.db.transaction() as tx:
+        with self.db.transaction(single=True) as tx:
             tx.execute("UPDATE reservations SET native_id = ? WHERE job_id = ?", (native_id, job_id))
 
     def quota_status(self, account: str | None = None, now: float | None = None) -> list[Check]:

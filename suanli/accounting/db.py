@@ -2,18 +2,22 @@
 
 Both speak the same SQL through :class:`Database`; the few differences (placeholders, row locks, bulk
 loads, row-level security) live here. Every failure becomes a one-line :class:`LedgerError` that names the
-ledger and the fix; psycopg is imported only when a PostgreSQL URL is used.
+ledger and the fix.
+
+PostgreSQL goes through psycopg2 (imported only when a PostgreSQL URL is used), chosen by measured import cost:
+a submit pays for the driver's import, and psycopg2's C module loads in ~25 ms where psycopg 3 takes 150-250 ms
+and pg8000 80-110 ms (bench/README.md, "CLI start-up"). psycopg2 binds parameters client-side, so a statement
+and the ``BEGIN`` before it travel in one round trip.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import re
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -21,15 +25,18 @@ from urllib.parse import urlsplit, urlunsplit
 
 from suanli.accounting.schema import (
     BULK_FLAG,
+    DELTA,
     ROLLUP_KEYS,
     ROLLUP_SUMS,
     ROLLUPS,
     SCHEMA_VERSION,
     USER_ROLE,
+    delta_sql,
     micro,
     migrations,
     rollup_batch_sql,
 )
+from suanli.accounting.tx import Tx, _statements
 from suanli.errors import SuanliError
 
 log = logging.getLogger("suanli")
@@ -53,9 +60,9 @@ class LedgerPermissionError(SuanliError):
     exit_code = 2
 
 
-__all__ = ["BULK_FLAG", "ROLLUPS", "ROLLUP_KEYS", "ROLLUP_SUMS", "SCHEMA_VERSION", "USER_ROLE", "Database",
-           "LedgerError", "LedgerPermissionError", "LedgerReadOnly", "Tx", "micro", "migrations", "read_only_copy",
-           "redact", "rollup_batch_sql"]
+__all__ = ["BULK_FLAG", "DELTA", "ROLLUPS", "ROLLUP_KEYS", "ROLLUP_SUMS", "SCHEMA_VERSION", "USER_ROLE", "Database",
+           "LedgerError", "LedgerPermissionError", "LedgerReadOnly", "Tx", "delta_sql", "micro", "migrations",
+           "read_only_copy", "redact", "rollup_batch_sql"]
 
 
 def redact(url: str) -> str:
@@ -134,6 +141,8 @@ class Database:
             conn.execute("PRAGMA synchronous = NORMAL")
             conn.execute("PRAGMA cache_size = -65536")  # 64 MB, allocated only as used: bulk syncs need it
             conn.execute("PRAGMA wal_autocheckpoint = 16384")  # checkpoint per 64 MB of WAL, not per 4 MB
+            # A sync's staged batch and its GROUP BY sorts stay in memory (a few MB), not in a temp file.
+            conn.execute("PRAGMA temp_store = MEMORY")
         except sqlite3.Error as exc:
             raise self._sqlite_error(exc) from None
         except OSError as exc:
@@ -142,16 +151,17 @@ class Database:
 
     def _connect_pg(self) -> Any:
         try:
-            import psycopg
+            import psycopg2
         except ImportError:
-            raise LedgerError("ledger: a PostgreSQL ledger needs psycopg; pip install 'suanli[postgres]'") from None
+            raise LedgerError("ledger: a PostgreSQL ledger needs psycopg2; pip install 'suanli[postgres]'") from None
         assert self.url is not None
         try:
-            return psycopg.connect(self.url, connect_timeout=5, autocommit=True)
-        except psycopg.Error as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise LedgerError(f"ledger {self.where}: cannot connect: {first}; check the URL and that the server "
-                              "runs") from None
+            conn = psycopg2.connect(self.url, connect_timeout=5)
+            conn.autocommit = True  # transactions are explicit (Database.transaction)
+        except psycopg2.Error as exc:
+            raise LedgerError(f"ledger {self.where}: cannot connect: {_first_line(exc)}; check the URL and that "
+                              "the server runs") from None
+        return conn
 
     @property
     def may_rewrite(self) -> bool:
@@ -160,7 +170,7 @@ class Database:
         if self.dialect != "postgresql":
             return True
         if self._may_rewrite is None:
-            with self.transaction() as tx:
+            with self.transaction(single=True) as tx:
                 self._may_rewrite = bool(tx.one("SELECT has_table_privilege('usage_records', 'UPDATE')")[0])
         return self._may_rewrite
 
@@ -170,7 +180,7 @@ class Database:
         if self.dialect != "postgresql":
             return None
         if self._user is None:
-            with self.transaction() as tx:
+            with self.transaction(single=True) as tx:
                 self._user = str(tx.one("SELECT current_user")[0])
         return self._user
 
@@ -211,9 +221,31 @@ class Database:
         row = tx.one("SELECT MAX(version) FROM suanli_schema")
         return int(row[0]) if row and row[0] is not None else 0
 
+    def _current(self) -> bool:
+        """Whether the schema is up to date, in one statement outside any transaction (the common case, paid by
+        every process that opens the ledger); PostgreSQL's answer also carries the role and its right to
+        rewrite usage, which ``user`` and ``may_rewrite`` would otherwise ask for one round trip each."""
+        cur = self._conn.cursor()
+        try:
+            if self.dialect == "sqlite":
+                cur.execute("SELECT MAX(version) FROM suanli_schema")
+                row = cur.fetchone()
+            else:
+                cur.execute("SELECT MAX(version), current_user, has_table_privilege('usage_records', 'UPDATE') "
+                            "FROM suanli_schema")
+                row = cur.fetchone()
+                self._user, self._may_rewrite = str(row[1]), bool(row[2])
+        except Exception:  # noqa: BLE001 - no schema yet (or an odd one): the full check below says what is wrong
+            return False
+        finally:
+            cur.close()
+        return bool(row and row[0] == SCHEMA_VERSION)
+
     def _migrate(self) -> None:
         """Bring the schema up to date. An ordinary PostgreSQL role may not create tables: it only reads the
         version, and a ledger its admin has not set up yet gives a clear error."""
+        if self._current():
+            return
         with self.transaction() as tx:
             if self._version(tx) == SCHEMA_VERSION:
                 return
@@ -233,17 +265,18 @@ class Database:
 
     # ------------------------------------------------------------ transactions
     @contextmanager
-    def transaction(self, lock: str | None = None) -> Iterator[Tx]:
+    def transaction(self, lock: str | None = None, *, single: bool = False) -> Iterator[Tx]:
         """One atomic unit. ``lock`` serialises transactions that share the key: SQLite takes the write lock
         at BEGIN (IMMEDIATE), PostgreSQL an advisory transaction lock (any role may take one, unlike a row
-        lock on the quota table, which would need UPDATE on it)."""
+        lock on the quota table, which would need UPDATE on it). ``single``: the block sends one statement,
+        atomic by itself, so PostgreSQL needs no BEGIN and COMMIT around it (one round trip instead of two)."""
         # One connection per Database, shared by the threads of a Client: one transaction at a time on it.
         with self._lock:
             conn = self._conn if self._conn is not None else self.connect()
             if self.dialect == "sqlite":
                 yield from self._sqlite_tx(conn, lock)
             else:
-                yield from self._pg_tx(conn, lock)
+                yield from self._pg_tx(conn, None if single else lock, single)
 
     def _sqlite_tx(self, conn: sqlite3.Connection, lock: str | None) -> Iterator[Tx]:
         deadline = time.monotonic() + self.lock_wait_s
@@ -267,23 +300,40 @@ class Database:
                 raise self._sqlite_error(exc) from None
             raise
 
-    def _pg_tx(self, conn: Any, lock: str | None) -> Iterator[Tx]:
-        import psycopg
+    def _pg_tx(self, conn: Any, lock: str | None, single: bool = False) -> Iterator[Tx]:
+        import psycopg2
+        import psycopg2.errors
+        import psycopg2.extensions
 
+        tx = Tx(conn.cursor(), "postgresql", single)
+        if not single:
+            # BEGIN and the lock travel with the transaction's first statement: one round trip for the three.
+            tx.begin = "BEGIN; "
+            if lock:
+                sql = tx.cur.mogrify("SELECT pg_advisory_xact_lock(hashtext(%s)); ", (lock,))
+                tx.begin += sql.decode(psycopg2.extensions.encodings[conn.encoding])
         try:
-            with conn.transaction(), conn.cursor() as cur:
-                if lock:
-                    cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (lock,))
-                yield Tx(cur, "postgresql")
-        except psycopg.errors.InsufficientPrivilege as exc:
-            role = self._user or urlsplit(self.url or "").username or "this role"
-            raise LedgerPermissionError(f"ledger {self.where}: role {role} may not do this "
-                                        f"({_first_line(exc)})") from None
-        except psycopg.OperationalError as exc:
-            self.close()
-            raise LedgerError(f"ledger {self.where}: lost the connection: {_first_line(exc)}") from None
-        except psycopg.Error as exc:
-            raise LedgerError(f"ledger {self.where}: {_first_line(exc)}") from None
+            yield tx
+            if not single and tx.sent:  # a transaction that sent no statement never began
+                tx.cur.execute("COMMIT")
+        except BaseException as exc:
+            if not single and tx.sent and not conn.closed:
+                try:
+                    tx.cur.execute("ROLLBACK")
+                except psycopg2.Error:
+                    pass
+            if isinstance(exc, psycopg2.errors.InsufficientPrivilege):
+                role = self._user or urlsplit(self.url or "").username or "this role"
+                raise LedgerPermissionError(f"ledger {self.where}: role {role} may not do this "
+                                            f"({_first_line(exc)})") from None
+            if isinstance(exc, psycopg2.OperationalError | psycopg2.InterfaceError):
+                self.close()
+                raise LedgerError(f"ledger {self.where}: lost the connection: {_first_line(exc)}") from None
+            if isinstance(exc, psycopg2.Error):
+                raise LedgerError(f"ledger {self.where}: {_first_line(exc)}") from None
+            raise
+        finally:
+            tx.cur.close()
 
     def _sqlite_error(self, exc: sqlite3.Error) -> LedgerError:
         text = str(exc)
@@ -304,60 +354,6 @@ class Database:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
-
-
-def _statements(script: str) -> list[str]:
-    """Split a migration into statements; a DO $$ ... $$ block and a SQLite trigger's BEGIN ... END stay whole."""
-    out: list[str] = []
-    buf: list[str] = []
-    in_block = False
-    for line in script.splitlines():
-        if not line.strip() and not buf:
-            continue
-        buf.append(line)
-        if line.count("$$") % 2 == 1:
-            in_block = not in_block
-        trigger = buf[0].startswith("CREATE TRIGGER") and buf[0].rstrip().endswith("BEGIN")  # SQLite: to END;
-        if not in_block and line.rstrip().endswith(";") and (not trigger or line.strip() == "END;"):
-            out.append("\n".join(buf).strip().rstrip(";"))
-            buf = []
-    if "".join(buf).strip():
-        out.append("\n".join(buf).strip())
-    return out
-
-
-_QMARK = re.compile(r"\?")
-
-
-class Tx:
-    """A cursor that takes ``?`` placeholders on both databases."""
-
-    def __init__(self, cur: Any, dialect: str) -> None:
-        self.cur = cur
-        self.dialect = dialect
-
-    def _sql(self, sql: str) -> str:
-        return sql if self.dialect == "sqlite" else _QMARK.sub("%s", sql)
-
-    def execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
-        if self.dialect != "sqlite" and not params:  # no placeholders: a literal % (LIKE '%:') stays as it is
-            return self.cur.execute(sql)
-        return self.cur.execute(self._sql(sql), tuple(params))
-
-    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
-        self.cur.executemany(self._sql(sql), rows)
-
-    def one(self, sql: str, params: Sequence[Any] = ()) -> Any:
-        self.execute(sql, params)
-        return self.cur.fetchone()
-
-    def all(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
-        self.execute(sql, params)
-        return list(self.cur.fetchall())
-
-    @property
-    def rowcount(self) -> int:
-        return int(self.cur.rowcount)
 
 
 def read_only_copy(path: Path) -> sqlite3.Connection:

@@ -8,15 +8,15 @@ deleted in the same transaction that books its real usage.
 
 from __future__ import annotations
 
-import queue
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from suanli.accounting.admission import RESOURCE_NAMES, Admission, Check
-from suanli.accounting.db import BULK_FLAG, Database, Tx, rollup_batch_sql
+from suanli.accounting.db import BULK_FLAG, Database, Tx, delta_sql, rollup_batch_sql
 from suanli.accounting.records import COLUMNS, UsageRecord
 from suanli.accounting.reports import REPORT_KEYS, Reports
 
@@ -62,9 +62,16 @@ class Ledger(Admission, Reports):
                 self._release(tx, release_jobs, release_native)
             return len(rows)
         # Parsing (the records iterator) runs in a thread while this one writes: the database works with
-        # the GIL released, so the two overlap. The queue is short, so memory stays a few batches.
+        # the GIL released, so the two overlap. The queue is short, so memory stays a few batches. Handing a
+        # batch's rows to the database (binding each value) needs the GIL row by row: the parser pauses for
+        # that (``quiet``), instead of taking the GIL back between every two rows, and resumes while the
+        # database's statements run.
+        import queue  # here: a submit's booking of a few jobs never needs it
+
         batches: queue.Queue[list[tuple[object, ...]] | None] = queue.Queue(maxsize=1)
         stop = threading.Event()
+        quiet = threading.Event()
+        quiet.set()
         failure: list[BaseException] = []
 
         def put(item: list[tuple[object, ...]] | None) -> bool:
@@ -82,6 +89,8 @@ class Ledger(Admission, Reports):
                 buf: list[tuple[object, ...]] = []
                 for rec in records:
                     buf.append((*rec.row(), now))
+                    if not len(buf) % 256:
+                        quiet.wait()
                     if len(buf) >= batch:
                         if not put(buf):
                             return
@@ -100,7 +109,7 @@ class Ledger(Admission, Reports):
             while (item := batches.get()) is not None:
                 if pending:
                     with self.db.transaction() as tx:
-                        self._upsert(tx, pending)
+                        self._upsert(tx, pending, quiet)
                     n += len(pending)
                 pending = item
         finally:
@@ -108,7 +117,7 @@ class Ledger(Admission, Reports):
             producer.join()
         with self.db.transaction() as tx:
             if pending:
-                self._upsert(tx, pending)
+                self._upsert(tx, pending, quiet)
                 n += len(pending)
             if not failure:
                 self._release(tx, release_jobs, release_native)
@@ -116,27 +125,32 @@ class Ledger(Admission, Reports):
             raise failure[0]
         return n
 
-    def _upsert(self, tx: Tx, rows: list[tuple[object, ...]]) -> None:
+    def _upsert(self, tx: Tx, rows: list[tuple[object, ...]], quiet: threading.Event | None = None) -> None:
+        """Store a batch; ``quiet`` (the parser's go-ahead) is held while the rows are handed over."""
         if tx.dialect == "sqlite":
-            self._upsert_sqlite(tx, rows)
+            self._upsert_sqlite(tx, rows, quiet)
             return
         rewrite = self.db.may_rewrite
-        # PostgreSQL: COPY into a session table, then one INSERT ... ON CONFLICT (5x executemany's rate).
         cols = ", ".join((*COLUMNS, "recorded_at"))
-        tx.execute("CREATE TEMP TABLE IF NOT EXISTS usage_stage (LIKE usage_records) ON COMMIT DELETE ROWS")
-        unique = {row[0]: row for row in rows}  # ON CONFLICT may touch a row once per statement
-        with tx.cur.copy(f"COPY usage_stage ({cols}) FROM STDIN") as copy:
-            for row in unique.values():
-                copy.write_row(row)
+        unique = list({row[0]: row for row in rows}.values())  # ON CONFLICT may touch a row once per statement
         updates = ", ".join(
             f"{c} = COALESCE(excluded.{c}, usage_records.{c})" if c == "job_id" else f"{c} = excluded.{c}"
             for c in (*COLUMNS[1:], "recorded_at"))
-        conflict = f"DO UPDATE SET {updates}" if rewrite else "DO NOTHING"
-        tx.execute(f"INSERT INTO usage_records ({cols}) SELECT {cols} FROM usage_stage "
-                   f"ON CONFLICT (record_id) {conflict}")
+        conflict = f"ON CONFLICT (record_id) {f'DO UPDATE SET {updates}' if rewrite else 'DO NOTHING'}"
+        if len(unique) < 64:
+            # A few jobs that just ended (a submit settling its account): one statement, no session table.
+            one = f"({', '.join('?' * len(unique[0]))})"
+            tx.execute(f"INSERT INTO usage_records ({cols}) VALUES {', '.join([one] * len(unique))} {conflict}",
+                       [v for row in unique for v in row])
+            return
+        # A batch: COPY into a session table, then one INSERT ... ON CONFLICT (5x executemany's rate).
+        tx.execute("CREATE TEMP TABLE IF NOT EXISTS usage_stage (LIKE usage_records) ON COMMIT DELETE ROWS")
+        with _pausing(quiet):
+            tx.copy("usage_stage", (*COLUMNS, "recorded_at"), unique)
+        tx.execute(f"INSERT INTO usage_records ({cols}) SELECT {cols} FROM usage_stage {conflict}")
 
     @staticmethod
-    def _upsert_sqlite(tx: Tx, rows: list[tuple[object, ...]]) -> None:
+    def _upsert_sqlite(tx: Tx, rows: list[tuple[object, ...]], quiet: threading.Event | None = None) -> None:
         """A few rows: the upsert, and the row triggers move the roll-ups. A batch: staged, then the roll-ups move
         by whole groups (what the batch's records held before, taken away; what they hold now, added) with the
         triggers told to stand aside, all in this one transaction (3x the row triggers' rate)."""
@@ -147,15 +161,17 @@ class Ledger(Admission, Reports):
         tx.execute("CREATE TEMP TABLE IF NOT EXISTS usage_stage AS SELECT * FROM usage_records WHERE 0")
         tx.execute("DELETE FROM usage_stage")
         unique = {row[0]: row for row in rows}  # one upsert per record id, as PostgreSQL's path
-        tx.executemany(f"INSERT INTO usage_stage ({cols}) VALUES ({', '.join('?' * (len(COLUMNS) + 1))})",
-                       list(unique.values()))
+        with _pausing(quiet):
+            tx.executemany(f"INSERT INTO usage_stage ({cols}) VALUES ({', '.join('?' * (len(COLUMNS) + 1))})",
+                           list(unique.values()))
         tx.execute(f"INSERT INTO {BULK_FLAG} VALUES (1)")
-        for sql in rollup_batch_sql("SELECT * FROM usage_records WHERE record_id IN "
-                                    "(SELECT record_id FROM usage_stage)", "-"):
+        # What the records being rewritten held before (one probe per staged id), then what the batch holds.
+        for sql in [*delta_sql("SELECT * FROM usage_records WHERE record_id IN (SELECT record_id FROM usage_stage)",
+                               "-"), *delta_sql("SELECT * FROM usage_stage", "")[1:]]:
             tx.execute(sql)
         tx.execute(_UPSERT.replace(f"VALUES ({', '.join('?' * (len(COLUMNS) + 1))})",
                                    f"SELECT {cols} FROM usage_stage WHERE true"))
-        for sql in rollup_batch_sql("SELECT * FROM usage_stage", ""):
+        for sql in rollup_batch_sql():
             tx.execute(sql)
         tx.execute(f"DELETE FROM {BULK_FLAG}")
 
@@ -182,15 +198,16 @@ class Ledger(Admission, Reports):
 
     def reserved_natives(self, cluster: str) -> set[str]:
         """Native ids (each part of a split array) that hold a reservation on this cluster."""
-        with self.db.transaction() as tx:
+        with self.db.transaction(single=True) as tx:
             rows = tx.all("SELECT native_id FROM reservations WHERE cluster = ? AND native_id IS NOT NULL",
                           (cluster,))
         return {n for (text,) in rows for n in str(text).split(",") if n}
 
-    def reserved_jobs(self, account: str) -> list[str]:
-        """The suanli ids holding a reservation on this account (admission settles them first)."""
-        with self.db.transaction() as tx:
-            return [str(r[0]) for r in tx.all("SELECT job_id FROM reservations WHERE account = ?", (account,))]
+    def reserved_jobs(self, account: str | None = None) -> list[str]:
+        """The suanli ids holding a reservation on this account (admission settles them first), or on any."""
+        where, params = ("WHERE account = ?", [account]) if account is not None else ("", [])
+        with self.db.transaction(single=True) as tx:
+            return [str(r[0]) for r in tx.all(f"SELECT job_id FROM reservations {where}", params)]
 
     def adopt_keys(self, configs: Sequence[str], key: str) -> int:
         """Re-key Slurm records booked when record ids began with the config name (``CONFIG|job|...``) to the
@@ -212,7 +229,7 @@ class Ledger(Admission, Reports):
         return n
 
     def reservations(self) -> list[dict[str, Any]]:
-        with self.db.transaction() as tx:
+        with self.db.transaction(single=True) as tx:
             rows = tx.all("SELECT job_id, cluster, native_id, account, user_name, cpu_seconds, accelerator_seconds,"
                           " charge FROM reservations ORDER BY created_at")
         keys = ("job_id", "cluster", "native_id", "account", "user", "cpu_seconds", "accelerator_seconds", "charge")
@@ -221,7 +238,7 @@ class Ledger(Admission, Reports):
     def totals(self, cluster: str | None = None) -> dict[str, float]:
         """Sums over every record (what idempotence tests and admins compare)."""
         where, params = ("WHERE cluster = ?", [cluster]) if cluster else ("", [])
-        with self.db.transaction() as tx:
+        with self.db.transaction(single=True) as tx:
             r = tx.one(f"SELECT COUNT(*), COALESCE(SUM(cpu_seconds), 0), COALESCE(SUM(accelerator_seconds), 0), "
                        f"COALESCE(SUM(charge), 0) FROM usage_records {where}", params)
         # Rounded to 1e-6 only because a database may add floats in any order.
@@ -230,14 +247,24 @@ class Ledger(Admission, Reports):
 
     # ------------------------------------------------------------ sync marks
     def mark(self, cluster: str, scope: str) -> float | None:
-        with self.db.transaction() as tx:
+        with self.db.transaction(single=True) as tx:
             r = tx.one("SELECT mark FROM sync_marks WHERE cluster = ? AND scope = ?", (cluster, scope))
         return None if r is None else float(r[0])
 
     def set_mark(self, cluster: str, scope: str, mark: float) -> None:
-        with self.db.transaction() as tx:
+        with self.db.transaction(single=True) as tx:
             tx.execute("INSERT INTO sync_marks (cluster, scope, mark) VALUES (?, ?, ?) ON CONFLICT (cluster, scope) "
                        "DO UPDATE SET mark = excluded.mark", (cluster, scope, mark))
 
 
-
+@contextmanager
+def _pausing(quiet: threading.Event | None) -> Iterator[None]:
+    """Hold the parsing thread (see ``Ledger.record``) for the block, if there is one."""
+    if quiet is None:
+        yield
+        return
+    quiet.clear()
+    try:
+        yield
+    finally:
+        quiet.set()

@@ -144,16 +144,34 @@ def _sqlite_triggers() -> str:
     return "\n".join(out) + "\n"
 
 
-def rollup_batch_sql(source: str, sign: str) -> list[str]:
-    """SQLite: move every roll-up by the records of ``source`` (a SELECT of usage_records' columns), grouped:
-    one upsert per roll-up row the batch touches instead of one per record."""
+#: SQLite: a batch's roll-up deltas, one row per record (the old values of records it rewrites negated, its new
+#: ones as they are), keys COALESCEd and sums in millionths once, so each roll-up is a GROUP BY of plain columns.
+DELTA = "usage_delta"
+_DELTA_KEYS = ("day", "month", *ROLLUP_KEYS)
+
+
+def delta_sql(source: str, sign: str) -> list[str]:
+    """SQLite: the statements that add the records of ``source`` (a SELECT of usage_records' columns) to the batch's
+    deltas, times ``sign``; the first creates the (session) table once."""
+    cols = ", ".join(f"{k} TEXT" for k in _DELTA_KEYS) + ", jobs INTEGER, " + ", ".join(
+        f"{c} INTEGER" for c in ROLLUP_SUMS)
+    keys = ", ".join(f"COALESCE({k}, '')" for k in _DELTA_KEYS)
+    sums = ", ".join(f"{sign}{micro('sqlite', c)}" for c in ROLLUP_SUMS.values())
+    return [f"CREATE TEMP TABLE IF NOT EXISTS {DELTA} ({cols})",
+            f"INSERT INTO {DELTA} SELECT {keys}, {sign}1, {sums} FROM ({source}) AS s"]
+
+
+def rollup_batch_sql() -> list[str]:
+    """SQLite: move every roll-up by the batch's deltas, grouped: one upsert per roll-up row the batch changes
+    (a re-synced record that changed nothing nets to zero and writes nothing), then clear the deltas."""
     out = []
     for table, (period, cols) in ROLLUPS.items():
-        keys = ", ".join(f"COALESCE({k}, '')" for k in (period, *cols))
-        sums = ", ".join(f"{sign}SUM({micro('sqlite', c)})" for c in ROLLUP_SUMS.values())
-        out.append(f"INSERT INTO {table} ({_rollup_cols(table)}) SELECT {keys}, {sign}COUNT(*), {sums} "
-                   f"FROM ({source}) AS s WHERE true GROUP BY {keys} {_upsert_tail(table)}")
-    return out
+        keys = ", ".join((period, *cols))
+        sums = ", ".join(f"SUM({c})" for c in ("jobs", *ROLLUP_SUMS))
+        moved = " OR ".join(f"SUM({c}) <> 0" for c in ("jobs", *ROLLUP_SUMS))
+        out.append(f"INSERT INTO {table} ({_rollup_cols(table)}) SELECT {keys}, {sums} FROM {DELTA} WHERE true "
+                   f"GROUP BY {_pk(table)} HAVING {moved} {_upsert_tail(table)}")  # in key order: local inserts
+    return [*out, f"DELETE FROM {DELTA}"]
 
 
 def _pg_apply(table: str, sources: tuple[tuple[str, str], ...]) -> str:

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from suanli.cli.output import duration, local_time, print_json, short, table, when
+from suanli.cli.output import clean, clean_table, duration, local_time, print_infos, print_json, short, when
 from suanli.errors import SuanliError, UsageError
 
 if TYPE_CHECKING:
@@ -25,17 +25,8 @@ def _client(args: argparse.Namespace) -> Client:
 
 
 # ---------------------------------------------------------------- submit
-def _parse_env(pairs: list[str]) -> dict[str, str]:
-    env: dict[str, str] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise UsageError(f"--env: {pair!r} is not KEY=VALUE")
-        env[key] = value
-    return env
-
-
 def _spec_from_args(args: argparse.Namespace) -> Any:
+    from suanli.cli.submit_args import submit_options
     from suanli.jobs.build import build_spec
     from suanli.jobs.spec import Command, JobSpec
 
@@ -48,40 +39,7 @@ def _spec_from_args(args: argparse.Namespace) -> Any:
         raise UsageError("submit: give a command after -- (suanli submit -- python sim.py) or a JOB.yaml file")
     else:
         spec = JobSpec(workload=Command(command))
-    options: dict[str, Any] = {}
-    for key, opt in (("nodes", "nodes"), ("tasks_per_node", "tasks_per_node"), ("cpus_per_task", "cpus_per_task"),
-                     ("mem", "memory"), ("accelerators", "accelerators"), ("time", "time"), ("array", "array"),
-                     ("qos", "qos"), ("constraint", "constraint"), ("workdir", "workdir"),
-                     ("requeue", "requeue")):
-        value = getattr(args, key)
-        if value is not None:
-            options[opt] = value
-    if args.setup:
-        options["setup"] = (*spec.setup, *args.setup)
-    if args.after:
-        options["after"] = (*spec.dependencies, *args.after)
-    options.update(_scheduler_flags(args))
-    return build_spec(spec, cluster=args.cluster, partition=args.partition, account=args.account, name=args.name,
-                      env=_parse_env(args.env), **options)
-
-
-def _scheduler_flags(args: argparse.Namespace) -> dict[str, Any]:
-    """The stdio paths and sbatch options given as flags (``--extra OPT[=VALUE]``: a flag without a value)."""
-    out: dict[str, Any] = {}
-    for key in ("stdin", "stdout", "stderr", "exclusive", "reservation", "mail_type", "mail_user", "mem_per_cpu",
-                "nodelist", "exclude", "export"):
-        value = getattr(args, key, None)
-        if value is not None:
-            out[key] = value
-    if getattr(args, "gres", None):
-        out["gres"] = list(args.gres)
-    if getattr(args, "extra", None):
-        extra: dict[str, str | bool] = {}
-        for item in args.extra:
-            opt, eq, value = item.partition("=")
-            extra[opt] = value if eq else True
-        out["extra"] = extra
-    return out
+    return build_spec(spec, cluster=args.cluster, **submit_options(args, spec))
 
 
 T = TypeVar("T")
@@ -216,44 +174,59 @@ def _resolve(client: Client, ids: list[str]) -> list[tuple[JobRow, int | None]]:
 
 def cmd_status(args: argparse.Namespace) -> int:
     from suanli.compute.store import Store
-    from suanli.jobs.state import JobState
 
     store = Store()
-    wanted_tasks: dict[str, set[int | None]] | None = None
+    states = _state_filter(args.state)
+    explain = getattr(args, "explain", False)
     if args.jobs:
         resolved = [store.resolve(i) for i in args.jobs]
         rows = list({r.id: r for r, _ in resolved}.values())
-        wanted_tasks = {}
+        if explain:
+            return _status_explain(rows, args.json)
+        wanted_tasks: dict[str, set[int | None]] = {}
         for r, t in resolved:
             wanted_tasks.setdefault(r.id, set()).add(t)
+        # When every state is final there is no backend to ask (and no need to load the rest).
+        infos = store.infos(rows) if all(r.done for r in rows) else _client_for_status(args, store).list_infos(rows)
+        infos = [i for i in infos if None in wanted_tasks[i.id] or i.array_task in wanted_tasks[i.id]]
     else:
         since = when(args.since) if args.since else None
         day_ago = None if (args.all or since is not None) else time.time() - 86400
-        rows = store.query(cluster=args.cluster, since=since, open_or_since=day_ago)
-    states: set[str] | None = None
-    if args.state:
-        states = {s.strip().upper() for s in args.state.split(",") if s.strip()}
-        unknown = states - {s.value for s in JobState}
-        if unknown:
-            raise UsageError(f"--state: unknown state(s) {', '.join(sorted(unknown))}; valid states: "
-                             f"{', '.join(s.value for s in JobState)}")
-    if all(r.done for r in rows):
-        infos = store.infos(rows)  # every state is final: no backend to ask, no need to load the rest
-    else:
-        from suanli.api import Client
-
-        infos = Client(getattr(args, "config", None), store).list_infos(rows)
-    if wanted_tasks is not None:
-        infos = [i for i in infos if None in wanted_tasks[i.id] or i.array_task in wanted_tasks[i.id]]
+        if explain:
+            return _status_explain(store.query(cluster=args.cluster, since=since, open_or_since=day_ago), args.json)
+        # Only the unfinished jobs are read as rows (to ask their backends); the listing itself is one joined
+        # query, so a registry of finished jobs builds no JobRow at all.
+        open_rows = store.query(cluster=args.cluster, since=since, open_or_since=day_ago, only_open=True)
+        if open_rows:
+            _client_for_status(args, store).refresh(open_rows)
+        infos = store.infos_where(cluster=args.cluster, since=since, open_or_since=day_ago)
     if states is not None:
         infos = [i for i in infos if i.state.value in states]
-    if getattr(args, "explain", False):
-        return _status_explain(rows, args.json)
     if args.json:
-        print_json([i.to_json() for i in infos])
+        print_infos(infos)
         return 0
     sys.stdout.write(_status_table(infos, per_task=bool(args.jobs)))
     return 0
+
+
+def _state_filter(text: str | None) -> set[str] | None:
+    """``--state RUNNING,FAILED`` as a set of names; an unknown name is a usage error naming the valid ones."""
+    from suanli.jobs.state import JobState
+
+    if not text:
+        return None
+    states = {s.strip().upper() for s in text.split(",") if s.strip()}
+    unknown = states - {s.value for s in JobState}
+    if unknown:
+        raise UsageError(f"--state: unknown state(s) {', '.join(sorted(unknown))}; valid states: "
+                         f"{', '.join(s.value for s in JobState)}")
+    return states
+
+
+def _client_for_status(args: argparse.Namespace, store: Any) -> Client:
+    from suanli.api import Client
+
+    return Client(getattr(args, "config", None), store)
 
 
 def _status_explain(rows: list[JobRow], as_json: bool) -> int:
@@ -274,34 +247,49 @@ def _status_explain(rows: list[JobRow], as_json: bool) -> int:
     return 0
 
 
+_STATUS_HEADERS = ("ID", "NAME", "CLUSTER", "PARTITION", "STATE", "REASON", "TASKS", "RESTARTS", "SUBMITTED",
+                   "ELAPSED", "EXIT")
+
+
 def _status_table(infos: list[JobInfo], per_task: bool) -> str:
-    headers = ("ID", "NAME", "CLUSTER", "PARTITION", "STATE", "REASON", "TASKS", "RESTARTS", "SUBMITTED",
-               "ELAPSED", "EXIT")
-    rows: list[list[object]] = []
+    """One row per job (an array's tasks combined), or per task when ``per_task``. What a job's tasks share
+    (name, cluster, partition, submit time) is formatted once per job and each distinct reason once: a
+    10,000-task ``status ARRAY_ID`` is one row per task."""
+    rows: list[list[str]] = []
     groups: dict[str, list[JobInfo]] = {}
     for i in infos:
         groups.setdefault(i.id, []).append(i)
+    reasons: dict[str | None, str] = {}
+    now = time.time()
     for group in groups.values():
+        first = group[0]
         entries = group if per_task and len(group) > 1 else [_combined(group)]
         ended = sum(1 for g in group if g.state.is_terminal)  # once per job: per row it made status quadratic
+        shared = (clean(first.id), short(first.name), clean(first.cluster or ""), clean(first.partition or ""))
+        submitted = local_time(first.submitted_at)
+        is_array = first.array_task is not None
         for e in entries:
-            tasks = ""
-            if group[0].array_task is not None:
-                tasks = f"{ended}/{len(group)}" if e.array_task is None else str(e.array_task)
-            rows.append([e.task_id, short(e.name), e.cluster, e.partition, e.state.value, short(e.reason, 28), tasks,
-                         e.restarts or "", local_time(e.submitted_at), duration(e.elapsed),
-                         "" if e.exit_code is None else e.exit_code])
+            reason = reasons.get(e.reason)
+            if reason is None:
+                reason = reasons[e.reason] = short(e.reason, 28)
+            task = e.array_task
+            tasks = (f"{ended}/{len(group)}" if task is None else str(task)) if is_array else ""
+            started = e.started_at
+            elapsed = None if started is None else max(0.0, (now if e.ended_at is None else e.ended_at) - started)
+            rows.append([shared[0] if task is None else f"{shared[0]}_{task}", shared[1], shared[2], shared[3],
+                         e.state._value_, reason, tasks, str(e.restarts or ""), submitted, duration(elapsed),
+                         "" if e.exit_code is None else str(e.exit_code)])
     if not rows:
         return "no jobs (suanli status --all lists every job in the registry)\n"
-    return table(headers, rows)
+    return clean_table(_STATUS_HEADERS, rows)
 
 
 # ---------------------------------------------------------------- logs
 def cmd_logs(args: argparse.Namespace) -> int:
     client = _client(args)
     row, task = client.store.resolve(args.job)
-    tasks = [t[0] for t in client.store.tasks([row.id])[row.id]]
-    is_array = tasks != [-1]
+    tasks = [t.task for t in client.store.tasks([row.id])[row.id]]
+    is_array = tasks != [None]
     if is_array and task is None:
         if args.follow:
             raise UsageError(f"logs: job {row.id} is an array; follow one task, such as {row.id}_{tasks[0]}")
@@ -332,8 +320,8 @@ def _follow(client: Client, job_id: str, task: int | None, stream: str = "both",
 
     tasks: list[int | None] = [task]
     if task is None:
-        found = [t[0] for t in client.store.tasks([job_id])[job_id]]
-        if found and found != [-1]:
+        found = [t.task for t in client.store.tasks([job_id])[job_id]]
+        if found and found != [None]:
             tasks = list(found)
     paths: list[Path] = []
     sinks: list[Any] = []

@@ -7,15 +7,29 @@ import re
 import sys
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from suanli.errors import UsageError
+
+if TYPE_CHECKING:
+    from suanli.jobs.record import JobInfo
 
 
 def print_json(data: Any) -> None:
     """Indented for a terminal; compact for a pipe (json's C encoder only runs without indent: 3x faster)."""
     indent = 2 if sys.stdout.isatty() else None
     sys.stdout.write(json.dumps(data, indent=indent, default=str) + "\n")
+
+
+def print_infos(infos: Sequence[JobInfo]) -> None:
+    """``--json`` of job states: what ``print_json([i.to_json() for i in infos])`` prints, built for a pipe
+    without a dict per job (``status --all --json`` over a large registry)."""
+    if sys.stdout.isatty():
+        print_json([i.to_json() for i in infos])
+        return
+    from suanli.jobs.record import infos_json
+
+    sys.stdout.write(infos_json(infos) + "\n")
 
 
 #: C0/C1 controls (ESC starts terminal escape sequences), DEL, and the bidi/zero-width marks that can make
@@ -45,7 +59,15 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     10,000-task ``status ARRAY_ID`` prints 110,000 cells)."""
     cells = [[c if type(c) is str and c.isprintable() else clean("" if c is None else str(c)) for c in r]
              for r in rows]
-    widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(headers)]
+    return clean_table(headers, cells)
+
+
+def clean_table(headers: Sequence[str], cells: Sequence[Sequence[str]]) -> str:
+    """``table`` for cells that are already text safe to print (the caller cleaned each distinct value once):
+    the widths come from one C pass per column, then one format per row."""
+    widths = [len(h) for h in headers]
+    if cells:
+        widths = [max(w, max(map(len, column))) for w, column in zip(widths, zip(*cells, strict=True), strict=True)]
     fmt = "  ".join(f"{{:<{w}}}" for w in widths)
     lines = [fmt.format(*headers).rstrip()]
     lines += [fmt.format(*r).rstrip() for r in cells]

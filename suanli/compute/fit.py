@@ -47,6 +47,8 @@ _NEEDS = {
     "sbatch_options": ("", "sbatch options", "drop it", "a slurm cluster"),
     "stdio_paths": ("", "custom stdin/stdout/stderr paths", "drop it (logs stay in the job folder)",
                     "a slurm or local cluster"),
+    "components": ("components", "heterogeneous jobs (components)", "submit one job per component",
+                   "a slurm cluster"),
 }
 
 
@@ -65,6 +67,7 @@ def check_capabilities(spec: JobSpec, capabilities: frozenset[str], where: str) 
         "functions": isinstance(spec.workload, Function | Map),
         "sbatch_options": bool(sbatch),
         "stdio_paths": bool(stdio),
+        "components": bool(spec.components),
     }
     for cap, needs in needed.items():
         if needs and cap not in capabilities:

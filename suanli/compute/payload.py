@@ -3,6 +3,7 @@ that can import suanli. Shared here because backends must not import each other.
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 from pathlib import Path
@@ -38,12 +39,20 @@ def function_argv(job_dir: str | Path) -> list[str]:
 def suanli_pythonpath(env: dict[str, str] | None = None) -> dict[str, str]:
     """``{"PYTHONPATH": ...}`` naming the folder suanli was imported from, when it is not installed
     (a source checkout); empty when the job's interpreter finds suanli by itself."""
-    import site
-
-    root = str(Path(__file__).resolve().parents[2])
-    installed = {str(Path(p).resolve()) for p in site.getsitepackages() + [site.getusersitepackages()]}
-    if root in installed:
+    root = _checkout_root()
+    if root is None:
         return {}
     current = (env if env is not None else os.environ).get("PYTHONPATH", "")
     parts = [root] + [p for p in current.split(os.pathsep) if p and p != root]
     return {"PYTHONPATH": os.pathsep.join(parts)}
+
+
+@functools.cache
+def _checkout_root() -> str | None:
+    """The folder suanli was imported from when it is not an installed package (resolved once per process: it
+    does not change, and resolving site-packages took ~0.6 ms of every submission)."""
+    import site
+
+    root = str(Path(__file__).resolve().parents[2])
+    installed = {str(Path(p).resolve()) for p in site.getsitepackages() + [site.getusersitepackages()]}
+    return None if root in installed else root

@@ -6,38 +6,35 @@ is written here. WAL mode plus a busy timeout make concurrent writers wait inste
 
 from __future__ import annotations
 
-import errno
 import json
-import os
 import sqlite3
-import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
-from pathlib import Path
-from typing import Any
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any
 
+from suanli.compute.store_db import RegistryConnection, home
 from suanli.compute.store_schema import (
+    _INFO_COLS,
     _JOB_COLS,
-    _MIGRATIONS,
     _TASK_COLS,
     NO_TASK,
     SCHEMA_VERSION,
     JobRow,
-    TaskUpdate,
-    _info,
+    TaskRow,
+    _infos,
     _job,
+    _job_infos,
     _Meta,
+    _task_rows,
 )
-from suanli.errors import SuanliError, UsageError
+from suanli.errors import UsageError
 from suanli.jobs.record import JobInfo
 from suanli.jobs.state import JobState
 
-__all__ = ["NO_TASK", "SCHEMA_VERSION", "JobRow", "Store", "TaskUpdate", "home", "now"]
+if TYPE_CHECKING:  # only read here: importing the backend contract would load its dataclasses on every status
+    from suanli.compute.base import NativeStatus, TaskKey
 
-
-def home() -> Path:
-    return Path(os.environ.get("SUANLI_HOME") or os.path.expanduser("~/.local/share/suanli"))
+__all__ = ["NO_TASK", "SCHEMA_VERSION", "JobRow", "Store", "TaskRow", "home", "now"]
 
 
 #: Above this many jobs, ``tasks`` reads the whole table once instead of looking each job up.
@@ -45,121 +42,8 @@ _SCAN_JOBS = 5000
 _IDS_PER_QUERY = 10_000
 
 
-class Store:
-    def __init__(self, root: Path | None = None) -> None:
-        self.root = root or home()
-        self.path = self.root / "registry.db"
-        self._conn: sqlite3.Connection | None = None
-        self._lock = threading.RLock()
-
-    # ------------------------------------------------------------ connection
-    def _connect(self) -> sqlite3.Connection:
-        with self._lock:
-            return self._connect_locked()
-
-    @contextmanager
-    def _read(self) -> Iterator[sqlite3.Connection]:
-        """The shared connection for one read, held until its rows are fetched: threads sharing a Store must not
-        step one statement while another thread resets it (sqlite3 raises "no more rows available")."""
-        with self._lock:
-            yield self._connect_locked()
-
-    def _connect_locked(self, for_write: bool = False) -> sqlite3.Connection:
-        """The registry connection. Reads never create SUANLI_HOME: a missing registry reads as an empty one
-        (not kept, so a later write creates the real file); a home this process cannot write is read from an
-        in-memory copy, so status/logs work on a read-only file system and whatever they refresh is dropped."""
-        if self._conn is not None:
-            return self._conn
-        from suanli.errors import registry_error
-
-        try:
-            if not self.path.exists() and not for_write:
-                return self._empty_registry()
-            if self.path.exists() and not (os.access(self.root, os.W_OK) and os.access(self.path, os.W_OK)):
-                self._conn = self._read_only_copy()
-                return self._conn
-            self.root.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None, check_same_thread=False)
-            conn.execute("PRAGMA busy_timeout = 30000")
-            # WAL + NORMAL: a commit is atomic and survives a crash of any process, without an fsync per
-            # commit (which cost ~3 ms of every submission); only a power cut may lose the last commits.
-            conn.execute("PRAGMA synchronous = NORMAL")
-            self._check_version(conn)
-        except sqlite3.DatabaseError as exc:
-            raise registry_error(self.path, exc) from None
-        except OSError as exc:
-            if exc.errno == errno.EROFS:
-                raise UsageError(f"{self.root}: read-only file system: cannot create the job registry; set "
-                                 "SUANLI_HOME to a writable folder") from None
-            raise SuanliError(f"{self.root}: cannot create SUANLI_HOME: {exc.strerror}") from None
-        self._conn = conn
-        return conn
-
-    def _check_version(self, conn: sqlite3.Connection) -> None:
-        version = conn.execute("PRAGMA user_version").fetchone()[0]
-        if version < SCHEMA_VERSION:
-            self._migrate(conn)
-        elif version > SCHEMA_VERSION:
-            raise UsageError(f"{self.path}: written by a newer suanli (schema {version}); upgrade suanli")
-
-    def _empty_registry(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
-        self._migrate(conn)
-        return conn
-
-    def _read_only_copy(self) -> sqlite3.Connection:
-        from urllib.parse import quote
-
-        uri = f"file:{quote(str(self.path))}?mode=ro"
-        try:
-            src = sqlite3.connect(uri, uri=True, timeout=30.0, check_same_thread=False)
-            src.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()
-        except sqlite3.OperationalError:
-            # A WAL database without its -shm file on a read-only file system: nobody can be writing it.
-            src = sqlite3.connect(uri + "&immutable=1", uri=True, check_same_thread=False)
-        conn = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
-        try:
-            src.backup(conn)
-        finally:
-            src.close()
-        version = conn.execute("PRAGMA user_version").fetchone()[0]
-        if version != SCHEMA_VERSION:
-            raise UsageError(f"{self.path}: read-only file system and schema {version}, not {SCHEMA_VERSION}; "
-                             "open it once with a writable SUANLI_HOME of this suanli version")
-        return conn
-
-    def _migrate(self, conn: sqlite3.Connection) -> None:
-        conn.execute("PRAGMA journal_mode = WAL")
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            version = conn.execute("PRAGMA user_version").fetchone()[0]
-            for v in range(version + 1, SCHEMA_VERSION + 1):
-                for statement in _MIGRATIONS[v].split(";"):
-                    if statement.strip():
-                        conn.execute(statement)
-            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-
-    @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        # One connection per Store, shared by threads: the lock keeps their transactions apart.
-        with self._lock:
-            conn = self._connect_locked(for_write=True)
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield conn
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
-
-    def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+class Store(RegistryConnection):
+    """Jobs and their tasks: written by submitters and pollers, read by every status, wait and log."""
 
     # ------------------------------------------------------------ writes
     def insert(self, job: JobRow, tasks: Sequence[int | None], state: JobState, reason: str | None) -> None:
@@ -185,8 +69,9 @@ class Store:
             c.execute("DELETE FROM tasks WHERE job_id = ?", (job_id,))
             c.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
 
-    def update_tasks(self, updates: Iterable[TaskUpdate]) -> None:
-        """Apply fresh states in one transaction; a job whose tasks are all terminal is marked done."""
+    def update_tasks(self, updates: Iterable[tuple[TaskKey, NativeStatus]]) -> None:
+        """Apply fresh states, ``((job id, task or None), status)`` as ``status_many`` answers them, in one
+        transaction; a job whose tasks are all terminal is marked done."""
         updates = list(updates)
         if not updates:
             return
@@ -200,10 +85,10 @@ class Store:
                 f"WHERE job_id = ? AND task = ? AND state NOT IN ({marks})",
                 [(u.state.value, u.reason, u.restarts, u.started_at, u.ended_at, u.exit_code, u.native_id,
                   json.dumps(list(u.attempts)) if u.attempts else None,
-                  u.job_id, NO_TASK if u.task is None else u.task, *terminal) for u in updates],
+                  job_id, NO_TASK if task is None else task, *terminal) for (job_id, task), u in updates],
             )
             # Only a task that ended can end its job: one statement for those jobs, not an UPDATE per job.
-            self._mark_done(c, sorted({u.job_id for u in updates if u.state.is_terminal}))
+            self._mark_done(c, sorted({job_id for (job_id, _), u in updates if u.state.is_terminal}))
 
     def _mark_done(self, c: sqlite3.Connection, job_ids: Sequence[str]) -> None:
         """Mark done those of ``job_ids`` whose tasks have all ended (inside the caller's transaction)."""
@@ -302,12 +187,18 @@ class Store:
                 raise UsageError(f"job: {job.id} has no array task {task}")
         return job, task
 
-    def tasks(self, job_ids: Sequence[str]) -> dict[str, list[tuple[Any, ...]]]:
+    def tasks(self, job_ids: Sequence[str]) -> dict[str, list[TaskRow]]:
+        """Each job's tasks in index order (a job that is not an array has one, task None)."""
         with self._read() as conn:
-            return self._tasks(conn, job_ids)
+            raw = self._raw_tasks(conn, job_ids)
+        return {job_id: _task_rows(rows) for job_id, rows in raw.items()}
 
     @staticmethod
-    def _tasks(conn: sqlite3.Connection, job_ids: Sequence[str]) -> dict[str, list[tuple[Any, ...]]]:
+    def _raw_tasks(conn: sqlite3.Connection, job_ids: Sequence[str]) -> dict[str, list[tuple[Any, ...]]]:
+        """Each job's rows of ``_TASK_COLS``, in index order, as SQLite returns them."""
+        if len(job_ids) == 1:  # `status ID`: no job id column to fetch and strip from every row
+            return {job_ids[0]: conn.execute(f"SELECT {_TASK_COLS} FROM tasks WHERE job_id = ? ORDER BY task",
+                                             (job_ids[0],)).fetchall()}
         out: dict[str, list[tuple[Any, ...]]] = {j: [] for j in job_ids}
         if len(out) > _SCAN_JOBS:
             # Most of the registry (`status --all`): one scan in key order beats thousands of IN lists.
@@ -330,8 +221,6 @@ class Store:
     def query(self, *, ids: Sequence[str] | None = None, cluster: str | None = None, since: float | None = None,
               open_or_since: float | None = None, only_open: bool = False) -> list[JobRow]:
         """Jobs by filter, oldest first. ``open_or_since``: unfinished ones plus those submitted after it."""
-        where: list[str] = []
-        args: list[Any] = []
         if ids is not None:
             if not ids:
                 return []
@@ -340,22 +229,8 @@ class Store:
                        for row in self.query(ids=ids[start:start + _IDS_PER_QUERY], cluster=cluster, since=since,
                                              open_or_since=open_or_since, only_open=only_open)]
                 return sorted(out, key=lambda r: (r.submitted_at, r.id))
-            where.append(f"id IN ({','.join('?' * len(ids))})")
-            args += list(ids)
-        if cluster:
-            where.append("cluster = ?")
-            args.append(cluster)
-        if since is not None:
-            where.append("submitted_at >= ?")
-            args.append(since)
-        if only_open:
-            where.append("done = 0")
-        if open_or_since is not None:
-            # A union of three index searches (jobs_open, jobs_by_time, tasks_ended): an OR here read every
-            # job and every task of the registry.
-            where.append("id IN (SELECT id FROM jobs WHERE done = 0 UNION SELECT id FROM jobs WHERE submitted_at >= ? "
-                         "UNION SELECT job_id FROM tasks WHERE ended_at >= ?)")
-            args += [open_or_since, open_or_since]
+        where, args = _filters(ids=ids, cluster=cluster, since=since, open_or_since=open_or_since,
+                               only_open=only_open)
         sql = f"SELECT {_JOB_COLS} FROM jobs"
         if where:
             sql += " WHERE " + " AND ".join(where)
@@ -366,8 +241,49 @@ class Store:
 
     def infos(self, jobs: Sequence[JobRow]) -> list[JobInfo]:
         """One JobInfo per task, jobs in the given order, tasks in index order."""
-        by_job = self.tasks([j.id for j in jobs])
-        return [_info(j, t) for j in jobs for t in by_job.get(j.id, ())]
+        with self._read() as conn:
+            raw = self._raw_tasks(conn, [j.id for j in jobs])
+        return [info for j in jobs for info in _job_infos(j, raw.get(j.id, ()))]
+
+    def infos_where(self, *, cluster: str | None = None, since: float | None = None,
+                   open_or_since: float | None = None) -> list[JobInfo]:
+        """What ``infos(query(...))`` gives for these filters, from one joined query: no JobRow (nor its
+        metadata) is built, which was most of ``status --all`` over a large registry."""
+        where, args = _filters(ids=None, cluster=cluster, since=since, open_or_since=open_or_since, only_open=False,
+                               table="j.")
+        # CROSS JOIN: jobs stay the outer loop, read in submission order by the jobs_by_time index, so SQLite
+        # only sorts jobs submitted in the same instant; given the choice it scanned the tasks and sorted all.
+        sql = f"SELECT {_INFO_COLS} FROM jobs j CROSS JOIN tasks t ON t.job_id = j.id"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY j.submitted_at, j.id, t.task"
+        with self._read() as conn:
+            return _infos(conn.execute(sql, args).fetchall())
+
+
+def _filters(*, ids: Sequence[str] | None, cluster: str | None, since: float | None, open_or_since: float | None,
+             only_open: bool, table: str = "") -> tuple[list[str], list[Any]]:
+    """The WHERE clauses (joined by AND) and their parameters of ``Store.query``'s filters on ``jobs``."""
+    where: list[str] = []
+    args: list[Any] = []
+    if ids is not None:
+        where.append(f"{table}id IN ({','.join('?' * len(ids))})")
+        args += list(ids)
+    if cluster:
+        where.append(f"{table}cluster = ?")
+        args.append(cluster)
+    if since is not None:
+        where.append(f"{table}submitted_at >= ?")
+        args.append(since)
+    if only_open:
+        where.append(f"{table}done = 0")
+    if open_or_since is not None:
+        # A union of three index searches (jobs_open, jobs_by_time, tasks_ended): an OR here read every
+        # job and every task of the registry.
+        where.append(f"{table}id IN (SELECT id FROM jobs WHERE done = 0 UNION SELECT id FROM jobs "
+                     "WHERE submitted_at >= ? UNION SELECT job_id FROM tasks WHERE ended_at >= ?)")
+        args += [open_or_since, open_or_since]
+    return where, args
 
 
 def now() -> float:

@@ -1,13 +1,12 @@
-"""The job registry's tables and rows: the schema's migrations, the row types (``JobRow``, ``TaskUpdate``) and
+"""The job registry's tables and rows: the schema's migrations, the row types (``JobRow``, ``TaskRow``) and
 their decoding. Apart from ``store.py`` (connections, writes and queries) because every caller needs these
 names, not the SQL."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any, NamedTuple
 
 from suanli.jobs.record import JobInfo
 from suanli.jobs.state import JobState
@@ -60,8 +59,10 @@ NO_TASK = -1  # the task column of a job that is not an array
 
 
 
-@dataclass(frozen=True)
-class JobRow:
+class JobRow(NamedTuple):
+    """One job as the registry holds it. A named tuple, not a dataclass: built once per job a status lists,
+    and `suanli status` then loads no dataclass machinery."""
+
     id: str
     name: str
     cluster: str
@@ -113,38 +114,59 @@ class _Meta(Mapping[str, Any]):
         return self._text if self._data is None else json.dumps(self._data)
 
 
-@dataclass(frozen=True)
-class TaskUpdate:
-    job_id: str
-    task: int | None
+class TaskRow(NamedTuple):
+    """One task as the registry holds it (``Store.tasks``). A fresh state goes the other way as the backend's
+    own ``NativeStatus`` (``Store.update_tasks``), so there is no third record of the same fields."""
+
+    task: int | None  # None: the job is not an array
     state: JobState
-    reason: str | None = None
-    restarts: int = 0
-    started_at: float | None = None
-    ended_at: float | None = None
-    exit_code: int | None = None
-    native_id: str | None = None
-    attempts: tuple[dict[str, Any], ...] = ()
+    reason: str | None
+    restarts: int
+    started_at: float | None
+    ended_at: float | None
+    exit_code: int | None
+    native_id: str | None
 
 
 _JOB_COLS = "id, name, cluster, backend, native_id, kind, partition, account, user, submitted_at, job_dir, meta, done"
-_TASK_COLS = "task, state, reason, restarts, started_at, ended_at, exit_code, native_id"
+#: TaskRow's columns; NULLIF gives a job that is not an array its task None in SQLite, not per row in Python.
+_TASK_COLS = "NULLIF(task, -1), state, reason, restarts, started_at, ended_at, exit_code, native_id"
+#: JobInfo's columns (jobs ``j`` joined with tasks ``t``), in its field order: `status` reads them in one query.
+_INFO_COLS = ("j.id, j.name, j.cluster, j.backend, COALESCE(NULLIF(t.native_id, ''), j.native_id), "
+              "NULLIF(t.task, -1), t.state, t.reason, t.restarts, j.partition, j.account, j.user, j.submitted_at, "
+              "t.started_at, t.ended_at, t.exit_code")
+
+
 def _job(row: tuple[Any, ...]) -> JobRow:
     # Positional, in _JOB_COLS order: this runs once per job of `status --all`.
-    return JobRow(row[0], row[1], row[2], row[3], row[4], row[5], row[6], row[7], row[8], row[9], row[10],
-                  _Meta(row[11]), bool(row[12]))
+    return tuple.__new__(JobRow, (row[0], row[1], row[2], row[3], row[4], row[5], row[6], row[7], row[8], row[9],
+                                  row[10], _Meta(row[11]), bool(row[12])))
 
 
 _STATES = {s.value: s for s in JobState}
+_UNKNOWN = JobState.UNKNOWN
 
 
-def _info(j: JobRow, t: tuple[Any, ...]) -> JobInfo:
-    task, state, reason, restarts, started, ended, code, native = t
-    st = _STATES.get(state, JobState.UNKNOWN)
-    return JobInfo(
-        id=j.id, name=j.name, cluster=j.cluster, backend=j.backend,
-        native_id=native or j.native_id,
-        array_task=None if task == NO_TASK else task, state=st, reason=reason, restarts=restarts,
-        partition=j.partition, account=j.account, user=j.user, submitted_at=j.submitted_at,
-        started_at=started, ended_at=ended, exit_code=code,
-    )
+def _task_rows(rows: Iterable[tuple[Any, ...]]) -> list[TaskRow]:
+    """TaskRows from rows of ``_TASK_COLS``, built as plain tuples."""
+    new, states = tuple.__new__, _STATES
+    return [new(TaskRow, (task, states.get(state, _UNKNOWN), reason, restarts, started, ended, code, native))
+            for task, state, reason, restarts, started, ended, code, native in rows]
+
+
+def _job_infos(j: JobRow, rows: Iterable[tuple[Any, ...]]) -> list[JobInfo]:
+    """A job's JobInfos from its rows of ``_TASK_COLS`` (the job's fields from ``j``, a task's own native id
+    first), built as plain tuples: `status ARRAY_ID` of a 10,000-task map builds 10,000."""
+    new, states = tuple.__new__, _STATES
+    jid, name, cluster, backend, jnative, partition, account, user, submitted = (
+        j.id, j.name, j.cluster, j.backend, j.native_id, j.partition, j.account, j.user, j.submitted_at)
+    return [new(JobInfo, (jid, name, cluster, backend, native or jnative, task, states.get(state, _UNKNOWN), reason,
+                          restarts, partition, account, user, submitted, started, ended, code))
+            for task, state, reason, restarts, started, ended, code, native in rows]
+
+
+def _infos(rows: Iterable[tuple[Any, ...]]) -> list[JobInfo]:
+    """JobInfos from rows of ``_INFO_COLS``; built as tuples (no per-field work beyond the state's lookup)."""
+    new, states = tuple.__new__, _STATES
+    return [new(JobInfo, (a, b, c, d, e, f, states.get(g, _UNKNOWN), h, i, j, k, m, n, o, p, q))
+            for a, b, c, d, e, f, g, h, i, j, k, m, n, o, p, q in rows]

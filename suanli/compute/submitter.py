@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from suanli.compute.local.runner import process_start, same_process
+from suanli.compute.procs import process_start, same_process
 
 if TYPE_CHECKING:
     from suanli.compute.store import JobRow

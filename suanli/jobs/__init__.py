@@ -9,6 +9,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # explicit re-exports for type checkers; at run time __getattr__ loads them
+    from suanli.jobs.components import Component as Component
     from suanli.jobs.handle import Job as Job
     from suanli.jobs.handle import JobArray as JobArray
     from suanli.jobs.record import JobInfo as JobInfo
@@ -31,7 +32,7 @@ _WHERE = {
     "Job": "handle", "JobArray": "handle", "JobInfo": "record", "Resources": "resources",
     "parse_memory": "resources", "parse_time": "resources", "MPI": "spec", "Array": "spec", "Command": "spec",
     "Dependency": "spec", "Function": "spec", "JobSpec": "spec", "Map": "spec", "Training": "spec",
-    "Workload": "spec", "JobState": "state", "StateTable": "state",
+    "Workload": "spec", "JobState": "state", "StateTable": "state", "Component": "components",
 }
 
 __all__ = sorted(_WHERE)

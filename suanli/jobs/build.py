@@ -9,26 +9,16 @@ from typing import Any
 
 from suanli.errors import UsageError
 from suanli.jobs.handle import Job
+from suanli.jobs.options import OPTIONS, in_group, lookup
 from suanli.jobs.resources import Resources
 from suanli.jobs.scheduler import SchedulerOptions, scheduler_options
 from suanli.jobs.spec import MPI, Array, Command, Dependency, Function, JobSpec, Map, Training
 
-#: Keyword options of ``submit``/``map`` that go into Resources.
-RESOURCE_OPTIONS = {
-    "nodes": "nodes", "tasks_per_node": "tasks_per_node", "ntasks_per_node": "tasks_per_node",
-    "cpus_per_task": "cpus_per_task", "memory": "memory", "mem": "memory", "accelerators": "accelerators",
-    "accelerator_kind": "accelerator_kind", "time": "time",
-}
-#: Keyword options of ``submit``/``map`` that go into JobSpec.
-SPEC_OPTIONS = {
-    "qos": "qos", "constraint": "constraint", "setup": "setup", "workdir": "workdir", "array": "array",
-    "after": "dependencies", "dependencies": "dependencies", "requeue": "max_restarts",
-    "max_restarts": "max_restarts", "stdin": "stdin", "stdout": "stdout", "stderr": "stderr",
-    # sbatch options: a whole SchedulerOptions (or a mapping of its fields), or one field of it each
-    "scheduler": "scheduler",
-    **{name: f"scheduler.{name}" for name in ("exclusive", "reservation", "mail_type", "mail_user", "mem_per_cpu",
-                                              "gres", "nodelist", "exclude", "export", "extra")},
-}
+#: Keyword options of ``submit``/``map`` that go into Resources (keyword -> field), from the one option table.
+RESOURCE_OPTIONS = {kw: o.field for o in in_group("resources") for kw in o.keywords}
+#: Keyword options of ``submit``/``map`` that go into JobSpec (keyword -> field; ``scheduler.FIELD`` for one field
+#: of SchedulerOptions; ``scheduler`` for a whole one).
+SPEC_OPTIONS = {kw: o.target for o in OPTIONS if o.group != "resources" for kw in o.keywords}
 
 
 def build_spec(target: Any, args: Sequence[Any] = (), kwargs: Mapping[str, Any] | None = None, *,
@@ -41,17 +31,15 @@ def build_spec(target: Any, args: Sequence[Any] = (), kwargs: Mapping[str, Any] 
     sched_opts: dict[str, Any] = {}
     base_sched: SchedulerOptions | None = None
     for key, value in options.items():
-        if key in RESOURCE_OPTIONS:
-            res_opts[RESOURCE_OPTIONS[key]] = value
-        elif SPEC_OPTIONS.get(key, "").startswith("scheduler."):
-            sched_opts[SPEC_OPTIONS[key].partition(".")[2]] = value
+        option = lookup(key, "submit")
+        if option.group == "resources":
+            res_opts[option.field] = value
+        elif option.group == "scheduler":
+            sched_opts[option.field] = value
         elif key == "scheduler":
             base_sched = None if value is None else scheduler_options(value)
-        elif key in SPEC_OPTIONS:
-            spec_opts[SPEC_OPTIONS[key]] = value
         else:
-            valid = sorted({*RESOURCE_OPTIONS, *SPEC_OPTIONS})
-            raise UsageError(f"submit: unknown option {key!r}; valid options: {', '.join(valid)}")
+            spec_opts[option.target] = value
     if "dependencies" in spec_opts:
         deps = spec_opts["dependencies"]
         if isinstance(deps, str | Job | Dependency) or not isinstance(deps, Iterable):

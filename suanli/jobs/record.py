@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from typing import NamedTuple
 
 from suanli.jobs.state import JobState
 
@@ -28,25 +29,33 @@ STATUS_FIELDS = (
 
 
 def iso(ts: float | None) -> str | None:
-    """ISO 8601 UTC with a Z, whole seconds: what every field ``*_at`` holds. Built from integer arithmetic and
-    a per-day cache (``status --all --json`` formats three per job: strftime was most of its time)."""
-    if ts is None:
-        return None
-    day, rem = divmod(int(ts // 1), 86400)
-    date = _DAYS.get(day)
-    if date is None:
+    """ISO 8601 UTC with a Z, whole seconds: what every field ``*_at`` holds."""
+    return None if ts is None else _quoted_iso(ts)[1:-1]
+
+
+def _quoted_iso(ts: float) -> str:
+    """``iso(ts)`` in JSON's quotes. The text up to the minute is cached (``status --all --json`` formats three
+    times per job: strftime was most of its time); the cache is dropped when large, so a long-running portal
+    does not grow it without end."""
+    minute, sec = divmod(int(ts // 1), 60)
+    head = _MINUTES.get(minute)
+    if head is None:
         import time
 
-        date = _DAYS[day] = time.strftime("%Y-%m-%d", time.gmtime(day * 86400))
-    hour, rem = divmod(rem, 3600)
-    return f"{date}T{hour:02d}:{rem // 60:02d}:{rem % 60:02d}Z"
+        if len(_MINUTES) > 65536:
+            _MINUTES.clear()
+        head = _MINUTES[minute] = time.strftime('"%Y-%m-%dT%H:%M:', time.gmtime(minute * 60))
+    return head + _SECONDS[sec]
 
 
-_DAYS: dict[int, str] = {}
+_MINUTES: dict[int, str] = {}
+_SECONDS = tuple(f'{s:02d}Z"' for s in range(60))
 
 
-@dataclass(frozen=True)
-class JobInfo:
+class JobInfo(NamedTuple):
+    """One job, or one array task. A named tuple, not a dataclass: ``status --all`` builds one per task of
+    the registry, and a frozen dataclass cost ten times as much to construct."""
+
     id: str
     name: str
     cluster: str
@@ -97,3 +106,36 @@ class JobInfo:
             "ended_at": iso(self.ended_at),
             "exit_code": self.exit_code,
         }
+
+
+def infos_json(infos: Sequence[JobInfo]) -> str:
+    """``json.dumps([i.to_json() for i in infos])`` (compact, ASCII) byte for byte, at about half the cost:
+    one f-string per row over C-escaped strings, with no dict and no encoder walk per job. A row holding a
+    value of another type than the registry writes goes through ``json.dumps`` itself."""
+    import json
+    from json.encoder import encode_basestring_ascii as q
+
+    rows: list[str] = []
+    append = rows.append
+    for info in infos:
+        (id_, name, cluster, backend, native, task, state, reason, restarts, partition, account, user, submitted,
+         started, ended, code) = info
+        if type(restarts) is not int or (task is not None and type(task) is not int) or (
+                code is not None and type(code) is not int):
+            append(json.dumps(info.to_json(), default=str))  # bool, float or text: json's own spelling
+            continue
+        try:
+            append(f'{{"id": {q(id_)}, "name": {q(name)}, "cluster": {q(cluster)}, "backend": {q(backend)}, '
+                   f'"native_id": {"null" if native is None else q(native)}, '
+                   f'"array_task": {"null" if task is None else task}, "state": "{state._value_}", '
+                   f'"reason": {"null" if reason is None else q(reason)}, "restarts": {restarts}, '
+                   f'"partition": {"null" if partition is None else q(partition)}, '
+                   f'"account": {"null" if account is None else q(account)}, '
+                   f'"user": {"null" if user is None else q(user)}, '
+                   f'"submitted_at": {"null" if submitted is None else _quoted_iso(submitted)}, '
+                   f'"started_at": {"null" if started is None else _quoted_iso(started)}, '
+                   f'"ended_at": {"null" if ended is None else _quoted_iso(ended)}, '
+                   f'"exit_code": {"null" if code is None else code}}}')
+        except TypeError:  # a text field holding a number
+            append(json.dumps(info.to_json(), default=str))
+    return "[" + ", ".join(rows) + "]"

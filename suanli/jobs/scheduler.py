@@ -11,6 +11,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from suanli.errors import UsageError
+from suanli.jobs.options import in_group
 from suanli.jobs.resources import parse_memory
 
 #: sbatch's long options and whether each takes a value ("value"), none ("flag") or an optional one
@@ -272,7 +273,7 @@ class SchedulerOptions:
     @classmethod
     def build(cls, options: Mapping[str, Any], base: SchedulerOptions | None = None) -> SchedulerOptions:
         """``base`` with ``options`` over it (``extra`` merged key by key)."""
-        names = {f.name for f in fields(cls)}
+        names = {o.field for o in in_group("scheduler")}  # the option table; tests/test_options.py: == fields
         unknown = sorted(set(options) - names)
         if unknown:
             raise UsageError(f"{unknown[0]}: not a scheduler option; valid: {', '.join(sorted(names))}")

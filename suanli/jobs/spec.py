@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from suanli.errors import UsageError
+from suanli.jobs.components import Command as Command
+from suanli.jobs.components import Component, _argv, check_component_spec, resolve_components
 from suanli.jobs.resources import Resources
 from suanli.jobs.scheduler import SchedulerOptions as SchedulerOptions
 from suanli.jobs.scheduler import check_stdio, scheduler_options
@@ -15,37 +17,6 @@ from suanli.jobs.scheduler import check_stdio, scheduler_options
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 #: What Slurm's sacctmgr accepts in an account name (it lowercases, and refuses control and quoting characters).
 _ACCOUNT = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,63}$")
-
-
-def _argv(value: Sequence[str] | str, field_name: str) -> tuple[str, ...]:
-    if isinstance(value, str):
-        raise UsageError(
-            f"{field_name}: give an argv list such as ['python', 'sim.py'], not the string {value!r} "
-            "(a string would need a shell to split it)"
-        )
-    if not isinstance(value, list | tuple):
-        raise UsageError(f"{field_name}: {value!r} is not an argv list; give one such as ['python', 'sim.py']")
-    argv = tuple(value)
-    if not argv:
-        raise UsageError(f"{field_name}: the command is empty; give the program and its arguments")
-    for a in argv:
-        if not isinstance(a, str):
-            raise UsageError(f"{field_name}: argument {a!r} is not a string")
-        if "\x00" in a:
-            raise UsageError(f"{field_name}: argument {a!r} holds a NUL byte, which no program can receive")
-    return argv
-
-
-@dataclass(frozen=True)
-class Command:
-    """A program and its arguments, run as an argv list (never through a shell)."""
-
-    argv: tuple[str, ...]
-
-    def __init__(self, argv: Sequence[str] | str) -> None:
-        object.__setattr__(self, "argv", _argv(argv, "command"))
-
-    kind = "command"
 
 
 @dataclass(frozen=True)
@@ -301,7 +272,8 @@ class JobSpec:
     everything else is data and reaches the job verbatim.
     """
 
-    workload: Workload
+    #: None only with ``components``: the job's workload, resources and partition are then component 0's.
+    workload: Workload = None  # type: ignore[assignment]
     name: str | None = None
     resources: Resources = field(default_factory=Resources)
     env: Mapping[str, str] = field(default_factory=dict)
@@ -322,8 +294,19 @@ class JobSpec:
     stdin: str | None = None
     stdout: str | None = None
     stderr: str | None = None
+    #: The parts of a heterogeneous job (``suanli.Component``), run in one allocation; empty for other jobs.
+    components: Sequence[Component] = ()
 
     def __post_init__(self) -> None:
+        if self.components:
+            comps, workload, res, part = resolve_components(self.components, self.workload, self.resources,
+                                                            self.partition)
+            for key, value in (("components", comps), ("workload", workload), ("resources", res),
+                               ("partition", part)):
+                object.__setattr__(self, key, value)
+        if self.workload is None:
+            raise UsageError("workload: give a Command, Function, Map, Training or MPI (or components=[...] for a "
+                             "heterogeneous job)")
         if not isinstance(self.workload, Command | Function | Map | Training | MPI):
             raise UsageError(f"workload: {self.workload!r} is not a Command, Function, Map, Training or MPI")
         if not isinstance(self.resources, Resources):
@@ -350,6 +333,8 @@ class JobSpec:
         if isinstance(self.max_restarts, bool) or not isinstance(self.max_restarts, int) or self.max_restarts < 0:
             raise UsageError(f"requeue: {self.max_restarts!r} must be a whole number >= 0 (the maximum restarts)")
         self._check_scheduler()
+        if self.components:
+            check_component_spec(self.array, self.max_restarts)
 
     def _check_scheduler(self) -> None:
         object.__setattr__(self, "scheduler", scheduler_options(self.scheduler))

@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from suanli.errors import ConfigError, UsageError
+from suanli.jobs.components import MAX_COMPONENTS, Component
 from suanli.jobs.resources import Resources
 from suanli.jobs.scheduler import SchedulerOptions, check_stdio
 from suanli.jobs.spec import MPI, Array, Command, Dependency, Function, JobSpec, Training, Workload
@@ -20,8 +21,10 @@ SCHEDULER_KEYS = ("exclusive", "reservation", "mail_type", "mail_user", "mem_per
 STDIO_KEYS = ("stdin", "stdout", "stderr")
 SPEC_KEYS = (
     "name", "cluster", "partition", "account", "qos", "constraint", "resources", "env", "setup", "workdir",
-    "array", "after", "requeue", *STDIO_KEYS, *SCHEDULER_KEYS, *WORKLOAD_KEYS,
+    "array", "after", "requeue", *STDIO_KEYS, *SCHEDULER_KEYS, *WORKLOAD_KEYS, "components",
 )
+#: The keys of one item of ``components`` (a heterogeneous job's part: its own command, resources, partition).
+COMPONENT_KEYS = ("command", "resources", "partition")
 # (a map workload comes from Python only: its items are Python objects, not YAML)
 RESOURCE_KEYS = ("nodes", "tasks_per_node", "cpus_per_task", "memory", "accelerators", "time")
 
@@ -54,14 +57,20 @@ def _guard(src: Source, path: tuple[str | int, ...], make: Any) -> Any:
 def parse_spec(src: Source) -> JobSpec:
     data = _check_keys(src, src.data, (), SPEC_KEYS)
     given = [k for k in WORKLOAD_KEYS if k in data]
-    if len(given) != 1:
+    components: tuple[Component, ...] = ()
+    workload: Workload
+    if "components" in data:
+        if given:
+            src.fail((given[0],), "a job with components runs each component's command; move it into a "
+                     "component, or drop components")
+        components = _components(src, data["components"])
+        workload = components[0].workload  # the job's workload is component 0's
+    elif len(given) != 1:
         src.fail((), f"give exactly one workload key of: {', '.join(WORKLOAD_KEYS)} (found {len(given)})")
-    key = given[0]
-    workload: Workload = _guard(src, (key,), lambda: _workload(src, key, data[key]))
-    res_data = dict(_check_keys(src, data.get("resources") or {}, ("resources",), RESOURCE_KEYS))
-    if "time" in res_data:
-        res_data["time"] = src.text(("resources", "time"), res_data["time"])
-    resources = _guard(src, ("resources",), lambda: Resources(**res_data))
+    else:
+        key = given[0]
+        workload = _guard(src, (key,), lambda: _workload(src, key, data[key]))
+    resources = _resources(src, ("resources",), data.get("resources"))
     strings = {k: _scalar(src, k, data.get(k), numbers=k != "workdir")
                for k in ("name", "cluster", "partition", "account", "qos", "constraint", "workdir")}
     array = data.get("array")
@@ -83,9 +92,42 @@ def parse_spec(src: Source) -> JobSpec:
         array=array,
         dependencies=tuple(after),
         max_restarts=_requeue(src, data.get("requeue")),
+        components=components,
         **strings,
     ))
     return spec
+
+
+def _resources(src: Source, path: tuple[str | int, ...], value: Any) -> Resources:
+    res_data = dict(_check_keys(src, value or {}, path, RESOURCE_KEYS))
+    if "time" in res_data:
+        res_data["time"] = src.text((*path, "time"), res_data["time"])
+    result: Resources = _guard(src, path, lambda: Resources(**res_data))
+    return result
+
+
+def _components(src: Source, value: Any) -> tuple[Component, ...]:
+    """``components:`` -- a list of {command, resources, partition}, each checked with its own line."""
+    if not isinstance(value, list):
+        src.fail(("components",), "expected a list of components, each {command: [...], resources: {...}, "
+                 "partition: NAME}")
+    if not value:
+        src.fail(("components",), f"no components; give 2 to {MAX_COMPONENTS}, or drop components")
+    if len(value) > MAX_COMPONENTS:  # before parsing any: the work stays bounded whatever the file holds
+        src.fail(("components",), f"{len(value)} given; a heterogeneous job has 2 to {MAX_COMPONENTS} components "
+                 "(submit several jobs instead)")
+    out: list[Component] = []
+    for i, item in enumerate(value):
+        path: tuple[str | int, ...] = ("components", i)
+        v = _check_keys(src, item, path, COMPONENT_KEYS)
+        if "command" not in v:
+            src.fail(path, "a component needs its command: [program, args...]")
+        command = _guard(src, (*path, "command"), lambda p=path, c=v["command"]: Command(
+            src.text_list((*p, "command")) or c))
+        resources = _resources(src, (*path, "resources"), v.get("resources"))
+        partition = _scalar(src, (*path, "partition"), v.get("partition")) if "partition" in v else None
+        out.append(_guard(src, path, lambda c=command, r=resources, p=partition: Component(c, r, p)))
+    return tuple(out)
 
 
 def _scheduler(src: Source, data: Mapping[str, Any]) -> SchedulerOptions:
@@ -109,13 +151,15 @@ def _scheduler(src: Source, data: Mapping[str, Any]) -> SchedulerOptions:
     return result
 
 
-def _scalar(src: Source, key: str, value: Any, numbers: bool = True) -> str | None:
-    """A string field; a number counts only where names may be numeric, and then as written (``name: 0755``)."""
+def _scalar(src: Source, key: str | tuple[str | int, ...], value: Any, numbers: bool = True) -> str | None:
+    """A string field (``key``: a top-level key, or the full path of a nested one such as a component's
+    partition); a number counts only where names may be numeric, and then as written (``name: 0755``)."""
+    path = key if isinstance(key, tuple) else (key,)
     if value is None or isinstance(value, str):
         return value
     if numbers and isinstance(value, int) and not isinstance(value, bool):
-        return str(src.text((key,), value))
-    src.fail((key,), f"{value!r} is not a string; quote it ('{value}')" if not isinstance(value, list | dict)
+        return str(src.text(path, value))
+    src.fail(path, f"{value!r} is not a string; quote it ('{value}')" if not isinstance(value, list | dict)
              else f"expected a string, got a {type(value).__name__}")
 
 

@@ -10,13 +10,10 @@ from __future__ import annotations
 import csv
 import io
 import logging
-import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit
 
-import jinja2
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
@@ -26,9 +23,9 @@ from starlette.staticfiles import StaticFiles
 from suanli.errors import SuanliError, UsageError
 from suanli.portal.data import PortalConfig, PortalData, forecast
 from suanli.portal.tokens import Identity
+from suanli.portal.views import HERE, chart, day_aligned, safe_next, template_env
 
 log = logging.getLogger("suanli")
-HERE = Path(__file__).parent
 SESSION_COOKIE = "suanli_session"
 CSRF_COOKIE = "suanli_csrf"  # proxy mode: what the form token is bound to
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; object-src 'none'; "
@@ -44,33 +41,6 @@ class HttpError(Exception):
         self.message = message
 
 
-def _env() -> jinja2.Environment:
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"), autoescape=True,
-                             undefined=jinja2.StrictUndefined)
-    env.filters["hours"] = _fmt
-    env.filters["when"] = _when_text
-    env.filters["elapsed"] = _elapsed
-    return env
-
-
-def _fmt(value: Any) -> str:
-    v = float(value or 0)
-    return f"{v:.3g}" if abs(v) < 1000 else f"{v:.0f}"
-
-
-def _when_text(t: Any) -> str:
-    if t is None:
-        return ""
-    return time.strftime("%Y-%m-%d %H:%M", time.localtime(float(t)))
-
-
-def _elapsed(s: Any) -> str:
-    if s is None:
-        return ""
-    s = int(float(s))
-    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
-
-
 def wants_json(request: Request) -> bool:
     accept = request.headers.get("accept", "")
     return "application/json" in accept and "text/html" not in accept
@@ -80,7 +50,7 @@ class Portal:
     def __init__(self, cfg: PortalConfig) -> None:
         self.cfg = cfg
         self.data = PortalData(cfg)
-        self.env = _env()
+        self.env = template_env()
 
     # ------------------------------------------------------------ who is who
     def identify(self, request: Request) -> Identity | None:
@@ -179,12 +149,12 @@ class Portal:
     # ------------------------------------------------------------ login
     async def login_form(self, request: Request) -> Response:
         html = self.env.get_template("login.html").render(
-            who=None, csrf="", path="/login", next=_safe_next(request.query_params.get("next")), message="")
+            who=None, csrf="", path="/login", next=safe_next(request.query_params.get("next")), message="")
         return HTMLResponse(html, headers=self.headers())
 
     async def login(self, request: Request) -> Response:
         form = await request.form()
-        token, nxt = str(form.get("token") or ""), _safe_next(str(form.get("next") or ""))
+        token, nxt = str(form.get("token") or ""), safe_next(str(form.get("next") or ""))
         if request.headers.get("sec-fetch-site") == "cross-site":
             return self.error(request, 403, "forbidden: cross-site login")
         from starlette.concurrency import run_in_threadpool
@@ -249,8 +219,8 @@ class Portal:
         bad = [k for k in by if k not in USAGE_KEYS]
         if bad:
             raise HttpError(400, f"by: {bad[0]!r} is not a grouping; use some of: {', '.join(USAGE_KEYS)}")
-        since = _day_aligned(q["since"], "since") if q.get("since") else None
-        until = _day_aligned(q["until"], "until") if q.get("until") else None
+        since = day_aligned(q["since"], "since") if q.get("since") else None
+        until = day_aligned(q["until"], "until") if q.get("until") else None
         rows = self.data.usage(who, by, since, until, q.get("cluster") or None, q.get("account") or None)
         if q.get("format") == "csv":
             from suanli.cli.output import csv_cell
@@ -270,7 +240,7 @@ class Portal:
             payload["near_quota"] = [c for c in quotas if c["limit"] > 0
                                      and (c["used"] + c["reserved"]) >= 0.8 * c["limit"]]
             payload["sync"] = self.data.sync_marks()
-        return self.page(request, who, "usage.html", payload, chart=_chart(rows, by),
+        return self.page(request, who, "usage.html", payload, chart=chart(rows, by),
                          keys=USAGE_KEYS, query=dict(q))
 
     # ------------------------------------------------------------ quotas
@@ -338,43 +308,6 @@ class Portal:
         since = when(q["since"], "since") if q.get("since") else None
         until = when(q["until"], "until") if q.get("until") else None
         return Response(exposition(self.data, since, until), media_type="text/plain; version=0.0.4; charset=utf-8")
-
-
-def _day_aligned(text: str, name: str) -> float:
-    """A point in time as the CLI reads it, except that whole days ago (30d) start at local midnight: the page
-    groups by day or month, and a window on midnights is served from the ledger's roll-ups, not a records' scan."""
-    from suanli.cli.output import when
-
-    t = when(text, name)
-    days = text.strip()[:-1]
-    if text.strip().endswith("d") and days.isdigit():
-        lt = time.localtime(t)
-        t = time.mktime((lt.tm_year, lt.tm_mon, lt.tm_mday, 0, 0, 0, 0, 0, -1))
-    return t
-
-
-def _safe_next(nxt: str | None) -> str:
-    """Only a path on this site (no //host, no scheme): the login form is no open redirect."""
-    if not nxt or not nxt.startswith("/") or nxt.startswith("//") or "\\" in nxt:
-        return "/jobs"
-    return nxt
-
-
-def _chart(rows: list[dict[str, Any]], by: list[str]) -> dict[str, Any]:
-    """An ECharts stacked bar option: periods along x (or the first key), one series per value of the other."""
-    if not rows:
-        return {}
-    x_key = next((k for k in ("day", "month") if k in by), by[0] if by else None)
-    if x_key is None:
-        return {}
-    stack_key = next((k for k in by if k != x_key), None)
-    xs = sorted({str(r.get(x_key)) for r in rows})
-    series: dict[str, list[float]] = {}
-    for r in rows:
-        name = str(r.get(stack_key)) if stack_key else "all"
-        series.setdefault(name, [0.0] * len(xs))[xs.index(str(r.get(x_key)))] += float(r["cpu_hours"])
-    return {"title": f"cpu-hours by {x_key}" + (f" and {stack_key}" if stack_key else ""), "x": xs,
-            "series": [{"name": k, "data": v} for k, v in sorted(series.items())]}
 
 
 def create_app(cfg: PortalConfig) -> Starlette:

@@ -4,6 +4,9 @@
 ``python -m suanli.runtime.launch SCRIPT ARGS...`` or ``python -m suanli.runtime.launch -m MODULE ARGS...``.
 ``python -m suanli.runtime.launch --mpirun mpirun ARGS...`` (an MPI job's mpirun launcher, on the first node)
 adds Open MPI's interface choice (``--mca btl_tcp_if_include`` / ``oob_tcp_if_include``) and execs mpirun.
+``python -m suanli.runtime.launch --srun srun --mpi=pmix ARGS...`` (an MPI job's srun launcher) sets the same
+choice as ``OMPI_MCA_btl_tcp_if_include`` for the ranks srun starts, as the network (CIDR) of the interface that
+reaches MASTER_ADDR, which names it on every node even where interface names differ.
 MASTER_ADDR and MASTER_PORT come from the batch script (first host of the allocation, port from the job id).
 GLOO_SOCKET_IFNAME and NCCL_SOCKET_IFNAME, unless the job or the partition config sets them, name the interface
 that routes to MASTER_ADDR on this node: left alone, gloo binds the address the host name resolves to, which on
@@ -13,6 +16,7 @@ many clusters is loopback or a management network the other nodes cannot reach.
 from __future__ import annotations
 
 import fcntl
+import ipaddress
 import os
 import runpy
 import socket
@@ -20,6 +24,7 @@ import struct
 import sys
 
 SIOCGIFADDR = 0x8915  # Linux ioctl: an interface's IPv4 address
+SIOCGIFNETMASK = 0x891B  # Linux ioctl: its netmask
 
 
 def tasks_on_this_node(env: dict[str, str]) -> int:
@@ -54,14 +59,24 @@ def torch_env(env: dict[str, str]) -> dict[str, str]:
     }
 
 
-def interface_address(name: str) -> str | None:
-    """The IPv4 address of interface NAME in this network namespace (ioctl, so no /sys of another one)."""
+def interface_address(name: str, request: int = SIOCGIFADDR) -> str | None:
+    """The IPv4 address (or with SIOCGIFNETMASK its netmask) of interface NAME in this network namespace
+    (ioctl, so no /sys of another one)."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         try:
-            raw = fcntl.ioctl(s.fileno(), SIOCGIFADDR, struct.pack("256s", name[:15].encode()))
+            raw = fcntl.ioctl(s.fileno(), request, struct.pack("256s", name[:15].encode()))
         except OSError:
             return None
     return socket.inet_ntoa(raw[20:24])
+
+
+def interface_network(name: str) -> str | None:
+    """The network of interface NAME in CIDR notation (``10.78.0.0/24``), which Open MPI's ``*_if_include``
+    parameters accept as well as names."""
+    addr, mask = interface_address(name), interface_address(name, SIOCGIFNETMASK)
+    if addr is None or mask is None:
+        return None
+    return str(ipaddress.IPv4Interface(f"{addr}/{mask}").network)
 
 
 def route_interface(master_addr: str) -> str | None:
@@ -121,14 +136,28 @@ def mpirun_argv(argv: list[str], env: dict[str, str]) -> list[str]:
     return [argv[0], "--mca", "btl_tcp_if_include", name, "--mca", "oob_tcp_if_include", name, *argv[1:]]
 
 
+def srun_mpi_env(env: dict[str, str]) -> dict[str, str]:
+    """``OMPI_MCA_btl_tcp_if_include`` for the ranks ``srun --mpi=pmix`` starts (Slurm's PMIx server wires them
+    up, so only the ranks' own TCP transport needs the choice): the network of the interface that reaches
+    MASTER_ADDR. Nothing when the job or the partition chose, or on loopback (one node)."""
+    if any(f"OMPI_MCA_{p}" in env for p in _OMPI_IF_PARAMS):
+        return {}
+    name = route_interface(env.get("MASTER_ADDR", "127.0.0.1"))
+    network = interface_network(name) if name else None
+    return {"OMPI_MCA_btl_tcp_if_include": network} if network else {}
+
+
 def main(argv: list[str]) -> int:
-    if not argv or argv == ["--mpirun"]:
-        print("usage: python -m suanli.runtime.launch SCRIPT ARGS... | -m MODULE ARGS... | --mpirun mpirun ARGS...",
-              file=sys.stderr)
+    if not argv or argv in (["--mpirun"], ["--srun"]):
+        print("usage: python -m suanli.runtime.launch SCRIPT ARGS... | -m MODULE ARGS... | --mpirun mpirun ARGS... "
+              "| --srun srun ARGS...", file=sys.stderr)
         return 2
     if argv[0] == "--mpirun":
         full = mpirun_argv(argv[1:], dict(os.environ))
         os.execvp(full[0], full)
+    if argv[0] == "--srun":
+        os.environ.update(srun_mpi_env(dict(os.environ)))
+        os.execvp(argv[1], argv[1:])
     os.environ.update(torch_env(dict(os.environ)))
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
     os.environ.setdefault("MASTER_PORT", "29500")

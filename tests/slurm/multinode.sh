@@ -187,7 +187,7 @@ SelectTypeParameters=CR_Core_Memory
 DefMemPerCPU=500
 EnforcePartLimits=ALL
 SchedulerType=sched/backfill
-SchedulerParameters=batch_sched_delay=0
+SchedulerParameters=batch_sched_delay=0,bf_interval=1
 AccountingStorageType=accounting_storage/slurmdbd
 AccountingStorageHost=${CTL_ADDR}
 AccountingStoragePort=${DBD_PORT}

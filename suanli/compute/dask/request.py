@@ -16,13 +16,14 @@ from suanli.compute.base import Backend, Submission
 from suanli.compute.config import ClusterConfig, Configs
 from suanli.compute.store import JobRow, Store
 from suanli.errors import UsageError
+from suanli.jobs.options import BY_KEYWORD, OPTIONS, Option, in_group, keywords
 from suanli.jobs.resources import Resources
 from suanli.jobs.spec import Function, JobSpec
 
-#: Options of ``map`` that apply to a dask pilot job (the names ``Client.map``/``build_spec`` use).
-RESOURCE_OPTIONS = {"cpus_per_task": "cpus_per_task", "memory": "memory", "mem": "memory",
-                    "accelerators": "accelerators", "accelerator_kind": "accelerator_kind", "time": "time"}
-SPEC_OPTIONS = ("partition", "account", "qos", "constraint", "setup", "workdir", "env", "name")
+#: Options of ``map`` that apply to a dask pilot job (keyword -> Resources field / JobSpec field), from the
+#: one option table (``jobs/options.py``: an entry whose ``dask`` is empty).
+RESOURCE_OPTIONS = {kw: o.field for o in in_group("resources") if not o.dask for kw in o.keywords}
+SPEC_OPTIONS = tuple(kw for o in OPTIONS if o.group != "resources" and not o.dask for kw in o.keywords)
 #: Options of the dask engine itself.
 ENGINE_OPTIONS = ("interface", "stall_timeout")
 #: With no worker connected and every pilot job ended this long, the sweep gives up (the pilots cannot start).
@@ -73,23 +74,18 @@ def resolve(client: MapClient, fn: Callable[[Any], Any], cluster: str | None, op
     interface: str | None = None
     stall = STALL_TIMEOUT_S
     for key, value in options.items():
-        if key in RESOURCE_OPTIONS:
-            res_opts[RESOURCE_OPTIONS[key]] = value
-        elif key in SPEC_OPTIONS:
-            spec_opts[key] = value
-        elif key == "interface":
+        if key == "interface":
             interface = None if value is None else str(value)
         elif key == "stall_timeout":
             if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
                 raise UsageError(f"map: stall_timeout {value!r} is not a positive number of seconds")
             stall = float(value)
-        elif key in ("nodes", "tasks_per_node", "ntasks_per_node", "array", "after", "dependencies", "requeue",
-                     "max_restarts"):
-            raise UsageError(f"map: option {key!r} does not apply to engine 'dask' (each pilot worker is one task "
-                             "on one node; dask retries lost tasks itself)")
         else:
-            valid = sorted({*RESOURCE_OPTIONS, *SPEC_OPTIONS, *ENGINE_OPTIONS})
-            raise UsageError(f"map: unknown option {key!r} for engine 'dask'; valid options: {', '.join(valid)}")
+            option = _pilot_option(key)
+            if option.group == "resources":
+                res_opts[option.field] = value
+            else:
+                spec_opts[option.target] = value
     res = Resources(**res_opts)  # the same one-line UsageErrors as submit's options
     setup = spec_opts.pop("setup", ())
     if setup is not None and not isinstance(setup, str | list | tuple):
@@ -122,6 +118,17 @@ def resolve(client: MapClient, fn: Callable[[Any], Any], cluster: str | None, op
             scheduler_interface = node_interface(cfg)
     return PilotRequest(sub=sub, interface=interface, stall_timeout=stall, backend=backend,
                         scheduler_interface=scheduler_interface)
+
+
+def _pilot_option(key: str) -> Option:
+    """The table's entry for a ``map`` keyword a dask pilot takes, else a one-line error saying why not."""
+    option = BY_KEYWORD.get(key)
+    if option is None:
+        valid = sorted({*keywords(dask=True), *ENGINE_OPTIONS})
+        raise UsageError(f"map: unknown option {key!r} for engine 'dask'; valid options: {', '.join(valid)}")
+    if option.dask:
+        raise UsageError(f"map: option {key!r} does not apply to engine 'dask' ({option.dask})")
+    return option
 
 
 def with_pilot_memory(sub: Submission) -> Submission:

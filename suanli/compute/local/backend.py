@@ -21,6 +21,7 @@ from suanli.compute.jobenv import job_env, setup_lines
 from suanli.compute.local import runner as rn
 from suanli.compute.logs import resolve_stdio
 from suanli.compute.payload import PAYLOAD, function_argv, function_payload, suanli_pythonpath
+from suanli.compute.procs import same_process
 from suanli.errors import BackendError, UsageError
 from suanli.jobs.spec import MPI, Command, Function, Map, Training
 from suanli.jobs.state import JobState, StateTable
@@ -229,7 +230,7 @@ class LocalBackend(Backend):
         now = time.time()
         for key, t in st["tasks"].items():
             if (keys is None or key in keys) and t["state"] not in rn.TERMINAL:
-                if rn.same_process(t.get("pid"), t.get("pid_start")):
+                if same_process(t.get("pid"), t.get("pid_start")):
                     try:
                         os.killpg(int(t["pid"]), signal.SIGKILL)
                     except (ProcessLookupError, PermissionError):

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from suanli.compute.logs import expand_stdio
+from suanli.compute.procs import starttime
 
 TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "PREEMPTED", "OUT_OF_MEMORY", "NODE_FAIL"}
 STATE_FILE = "state.json"
@@ -220,7 +221,7 @@ class Runner:
             self.fds[key] = fd
         except (OSError, AttributeError):
             self.pidfd_ok = False  # no pidfds: poll instead
-        self.update(key, state="RUNNING", reason=None, pid=proc.pid, pid_start=_starttime(proc.pid),
+        self.update(key, state="RUNNING", reason=None, pid=proc.pid, pid_start=starttime(proc.pid),
                     started_at=time.time(), ended_at=None, exit_code=None)
 
     def open_stdio(self, key: str) -> tuple[BinaryIO, BinaryIO, BinaryIO | int]:
@@ -326,7 +327,7 @@ class Runner:
             self.update(key, state=final, reason=reason, exit_code=exit_code, ended_at=time.time())
 
     def run(self) -> None:
-        (self.dir / PID_FILE).write_text(f"{os.getpid()} {_starttime(os.getpid())}\n")
+        (self.dir / PID_FILE).write_text(f"{os.getpid()} {starttime(os.getpid())}\n")
         if not self.wait_dependencies():
             self.flush(force=True)
             return
@@ -363,28 +364,6 @@ class Runner:
         self.flush(force=True)
 
 
-def process_start(pid: int) -> str:
-    """The kernel's start time of a live process (see ``same_process``); "?" when it is gone."""
-    return _starttime(pid)
-
-
-def _starttime(pid: int) -> str:
-    """The kernel's start time of a live process: with the pid it names one process even after pid reuse.
-    A zombie (exited, not yet reaped) or a missing process gives "?"."""
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            fields = fh.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return "?"
-    if len(fields) < 20 or fields[0] in ("Z", "X"):
-        return "?"
-    return fields[19]
-
-
-def same_process(pid: int | None, start: str | None) -> bool:
-    return bool(pid) and start not in (None, "?") and _starttime(int(pid or 0)) == start
-
-
 def alive(job_dir: Path) -> bool | None:
     """Whether the job's runner still runs; None when it has not written its pid yet."""
     try:
@@ -392,7 +371,7 @@ def alive(job_dir: Path) -> bool | None:
     except (OSError, ValueError):
         return None
     pid = int(pid_text)
-    return start != "?" and _starttime(pid) == start
+    return start != "?" and starttime(pid) == start
 
 
 def main(argv: list[str]) -> int:

@@ -16,7 +16,7 @@ from suanli.compute.config import ClusterConfig
 from suanli.compute.jobenv import job_env, setup_lines
 from suanli.compute.logs import resolve_stdio
 from suanli.compute.payload import PAYLOAD, function_argv, function_payload, suanli_pythonpath
-from suanli.compute.slurm import parse
+from suanli.compute.slurm import hetjob, parse
 from suanli.compute.slurm.commands import DEFAULT_SUBMIT_RATE as DEFAULT_SUBMIT_RATE
 from suanli.compute.slurm.commands import SUBMIT_BURST as SUBMIT_BURST
 from suanli.compute.slurm.commands import SlurmCommands, bucket_for
@@ -55,7 +55,7 @@ class SlurmBackend(SlurmCommands, Backend):
     #: Ended jobs are booked from sacct (TotalCPU, steps, jobs suanli did not submit), not the registry.
     usage_source = "sacct"
     #: sbatch options and stdio paths go on sbatch's command line (``sbatch.scheduler_options``).
-    capabilities = Backend.capabilities | {"sbatch_options", "stdio_paths"}
+    capabilities = Backend.capabilities | {"sbatch_options", "stdio_paths", "components"}
 
     def __init__(self, cluster: ClusterConfig) -> None:
         super().__init__(cluster)
@@ -107,6 +107,7 @@ class SlurmBackend(SlurmCommands, Backend):
             launch = mpi_launch(sub, w)
         else:
             raise UsageError(f"workload: the slurm backend cannot run {type(w).__name__}")
+        het = hetjob.parts(sub) if spec.components else None
         if needs_per_node_devices(sub) and isinstance(w, Command) and launch[:1] == ["srun"]:
             launch = per_node_devices(launch)  # Training ranks do this in suanli.runtime.launch, MPI in mpi_launch
 
@@ -123,6 +124,10 @@ class SlurmBackend(SlurmCommands, Backend):
             own["SLURM_EXPORT_ENV"] = "ALL"
         env = job_env(sub, "slurm", job_dir, pythonpath=suanli_pythonpath(self.env), own=own, nodes=False)
         setup = setup_lines(sub)
+        devices = device_lines(sub.adapter.gres_name, sub.adapter.device_env_var,
+                               sub.adapter.scheduler_sets_devices) if res.accelerators_per_node else ":"
+        # A heterogeneous job: one function starts every component (srun --het-group=N) and is the one child.
+        launch_text = sh.join_argv(launch) if het is None else hetjob.launch_text(sub, het)
         text = sh.render(
             sh.load_template("suanli.compute.slurm", "templates/batch.sh.tmpl"),
             {
@@ -130,12 +135,10 @@ class SlurmBackend(SlurmCommands, Backend):
                 "SETUP": "\n".join(setup) if setup else ":",
                 "WORKDIR": sh.quote(os.path.abspath(spec.workdir or os.getcwd())),
                 # A background command's stdin is /dev/null unless redirected: <&0 keeps sbatch --input's file.
-                "LAUNCH": sh.join_argv(launch) + (" <&0" if spec.stdin is not None else ""),
+                "LAUNCH": launch_text + (" <&0" if spec.stdin is not None else ""),
                 "MAX_RESTARTS": str(spec.max_restarts),
                 "FORWARD_USR2": forward_usr2,
-                "DEVICES": device_lines(sub.adapter.gres_name, sub.adapter.device_env_var,
-                                        sub.adapter.scheduler_sets_devices)
-                if res.accelerators_per_node else ":",
+                "DEVICES": devices if het is None else hetjob.device_lines(het),
             },
         )
         argv = ["sbatch", "--parsable", f"--job-name={slurm_name(spec.display_name)}",
@@ -178,11 +181,15 @@ class SlurmBackend(SlurmCommands, Backend):
         argv += ["--requeue" if spec.max_restarts or isinstance(w, Function | Map) else "--no-requeue",
                  "--open-mode=append", *([f"--input={stdio['stdin']}"] if "stdin" in stdio else []),
                  f"--output={stdio.get('stdout') or f'{job_dir}/{stem}.out'}",
-                 f"--error={stdio.get('stderr') or f'{job_dir}/{stem}.err'}", f"{job_dir}/job.sh"]
+                 f"--error={stdio.get('stderr') or f'{job_dir}/{stem}.err'}"]
+        if het is not None:  # sbatch [job and component 0] : [component 1] : ... script
+            argv += hetjob.sbatch_groups(sub, het)
+            layout["components"] = len(het)
+        argv.append(f"{job_dir}/job.sh")
         return Plan(job_id=sub.job_id, cluster=sub.cluster.name, backend=self.name, job_dir=job_dir, argv=argv,
                     script=text, script_name="job.sh", env=env, files=files,
                     details={"tasks": spec.task_count, "slurm_name": slurm_name(spec.display_name),
-                             "layout": layout})
+                             "layout": layout, **({"components": hetjob.describe(het)} if het else {})})
 
     # ------------------------------------------------------------ submit
     def submit(self, plan: Plan) -> str:
@@ -262,9 +269,12 @@ class SlurmBackend(SlurmCommands, Backend):
         array range is one entry, so a poll costs per sacct row, not per task (``lo`` None: no array). Tasks
         are not filtered by ``ref.tasks``; the registry ignores states for tasks it holds as ended."""
         by_native: dict[str, tuple[str, int]] = {}
+        het_size: dict[str, int] = {}  # heterogeneous jobs: how many components sacct must list
         for r in refs:
             for native, offset in native_parts(r):
                 by_native[native] = (r.job_id, offset)
+            if r.layout and r.layout.get("components"):
+                het_size[r.job_id] = int(r.layout["components"])
         if not by_native:
             return []
         ids = ",".join(sorted(by_native))
@@ -295,6 +305,9 @@ class SlurmBackend(SlurmCommands, Backend):
             if hit is None:
                 continue
             job_id, offset = hit
+            if ts.state.is_terminal and ts.components < het_size.get(job_id, 0):
+                # slurmdbd writes a hetjob's components one by one: ended only once every one is there.
+                ts = ts._replace(state=JobState.RUNNING, reason="Completing", exit_code=None, ended_at=None)
             # A plain job's own id is already the registry's native id: only array tasks carry theirs.
             task_native = None if ts.raw_id == ts.job else ts.raw_id
             key = (ts.state, ts.reason, ts.exit_code, ts.started_at, ts.ended_at, ts.restarts, task_native)

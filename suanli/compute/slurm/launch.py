@@ -52,7 +52,8 @@ def needs_per_node_devices(sub: Submission) -> bool:
 
 def mpi_launch(sub: Submission, w: MPI) -> list[str]:
     """The launch line of an MPI job. ``srun --mpi=pmix`` starts each rank as a Slurm task (Slurm's PMIx
-    server wires them up); ``mpirun`` (the job's ``launcher`` over the partition's ``mpi_launcher``) runs on
+    server wires them up), through ``suanli.runtime.launch --srun``, which names the network the ranks' TCP
+    transport uses; ``mpirun`` (the job's ``launcher`` over the partition's ``mpi_launcher``) runs on
     the first node and reads the hosts and slots from the allocation (Open MPI's Slurm support), started
     through ``suanli.runtime.launch --mpirun``, which names the interface its daemons and ranks talk over. On
     several nodes with accelerators each rank first takes its own node's indices (mpirun's daemons are Slurm
@@ -69,7 +70,8 @@ def mpi_launch(sub: Submission, w: MPI) -> list[str]:
         if os.geteuid() == 0:
             head.append("--allow-run-as-root")
         return [*head, *(binding or ["--oversubscribe"]), *program]
-    return ["srun", "--mpi=pmix", "--kill-on-bad-exit=1", f"--ntasks={ranks}", *binding, *program]
+    return [sys.executable, "-m", "suanli.runtime.launch", "--srun", "srun", "--mpi=pmix", "--kill-on-bad-exit=1",
+            f"--ntasks={ranks}", *binding, *program]
 
 
 def per_node_devices(srun_argv: list[str]) -> list[str]:

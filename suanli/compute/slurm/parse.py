@@ -12,6 +12,7 @@ from suanli.compute.slurm.sacct import (
     TaskRun,
     TaskState,
     bracket_runs,
+    combine_components,
     parse_exit,
     parse_sacct,
     parse_sacct_runs,
@@ -51,8 +52,11 @@ def expand_brackets(spec: str) -> list[int]:
 
 
 def parse_squeue(text: str) -> list[TaskState]:
-    """``squeue -h -o '%i|%T|%r'``: what the controller still holds (no exit codes, no history)."""
+    """``squeue -h -o '%i|%T|%r'``: what the controller still holds (no exit codes, no history). A
+    heterogeneous job's ``123+N`` rows combine into one state as sacct's do (``components`` says how many
+    were listed), so a failed component 1 is seen and the job ends only when every listed one has."""
     out: list[TaskState] = []
+    het: dict[str, list[tuple[int, TaskState]]] = {}
     for line in text.splitlines():
         parts = line.strip().split("|")
         if len(parts) < 3:
@@ -63,10 +67,15 @@ def parse_squeue(text: str) -> list[TaskState]:
         job, task_text = m.group(1), m.group(2)
         state = STATES(parts[1])
         reason = None if parts[2] in ("None", "") else parts[2]
+        if m.group(3) is not None:
+            het.setdefault(job, []).append((int(m.group(3)), TaskState(job, None, None, state, reason=reason)))
+            continue
         tasks = expand_brackets(task_text) if task_text and task_text.startswith("[") else \
             [int(task_text) if task_text else None]
         for t in tasks:
             out.append(TaskState(job, t, None, state, reason=reason))
+    for found in het.values():
+        out.append(combine_components([ts for _, ts in sorted(found, key=lambda p: p[0])]))
     return out
 
 

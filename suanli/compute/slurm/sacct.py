@@ -9,7 +9,7 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import NamedTuple
 
-from suanli.jobs.state import JobState, StateTable
+from suanli.jobs.state import JobState, StateTable, combine_states
 
 #: Slurm's state names -> (suanli's state, whether an allocation in it is still going). The one table for both
 #: readers: status polling maps through ``STATES``; accounting books only allocations that are not open.
@@ -71,6 +71,8 @@ class TaskState(NamedTuple):
     ended_at: float | None = None
     reason: str | None = None
     restarts: int = 0
+    #: A heterogeneous job: how many of its components (``123+0``, ``123+1``) this state combines (0: not one).
+    components: int = 0
 
 
 def parse_time(text: str) -> float | None:
@@ -140,8 +142,8 @@ def _stopped_exit(text: str) -> int | None:
     return int(code) if code.isdigit() else None
 
 
-_ID = re.compile(r"^(\d+)(?:_(\d+|\[[^\]]*\]))?(?:\+\d+)?$")
-_BATCH = re.compile(r"^(\d+)(?:_(\d+))?\.batch$")
+_ID = re.compile(r"^(\d+)(?:_(\d+|\[[^\]]*\]))?(?:\+(\d+))?$")
+_BATCH = re.compile(r"^(\d+)(?:_(\d+))?(?:\+0)?\.batch$")  # a hetjob's script runs in its component 0
 
 
 def bracket_runs(spec: str) -> list[tuple[int, int]]:
@@ -215,12 +217,13 @@ def parse_sacct_runs(text: str, fields: Iterable[str] = SACCT_FIELDS, with_steps
     col = {n: i for i, n in enumerate(names)}
     ids_first = names[:2] == ["JobID", "JobIDRaw"]
     decoded: dict[str, dict[str, object]] = {}
-    latest: dict[tuple[str, int | None], TaskState] = {}
+    # Keyed (job, task, component): a heterogeneous job's components are read apart, then combined.
+    latest: dict[tuple[str, int | None, int | None], TaskState] = {}
     ranges: list[tuple[str, list[tuple[int, int]], dict[str, object]]] = []
-    attempts: dict[tuple[str, int | None], int] = {}
+    attempts: dict[tuple[str, int | None, int | None], int] = {}
     # A job killed by its time limit or scancel shows ExitCode 0:0 on its allocation row; the signal that
     # ended the script is on the batch step (0:15). Without -X each attempt's steps follow its own row.
-    batch_exit: dict[tuple[str, int | None], int | None] = {}
+    batch_exit: dict[tuple[str, int | None, int | None], int | None] = {}
     for line in text.splitlines():
         if not line.strip():
             continue
@@ -232,10 +235,12 @@ def parse_sacct_runs(text: str, fields: Iterable[str] = SACCT_FIELDS, with_steps
         if not m:
             b = _BATCH.match(job_id)
             if b and "ExitCode" in col:
-                batch_exit[(b.group(1), int(b.group(2)) if b.group(2) else None)] = _stopped_exit(
+                het0 = 0 if "+0." in job_id else None
+                batch_exit[(b.group(1), int(b.group(2)) if b.group(2) else None, het0)] = _stopped_exit(
                     parts[col["ExitCode"]])
-            continue  # another step (extern, srun steps) or a heterogeneous component
+            continue  # another step (extern, srun steps)
         job, task_text = m.group(1), m.group(2)
+        het = int(m.group(3)) if m.group(3) else None
         if ids_first:
             rest = line.split("|", 2)[2]
             common = decoded.get(rest)
@@ -249,30 +254,39 @@ def parse_sacct_runs(text: str, fields: Iterable[str] = SACCT_FIELDS, with_steps
             ranges.append((job, bracket_runs(task_text), common))
             continue
         task = int(task_text) if task_text else None
-        key = (job, task)
+        key = (job, task, het)
         attempts[key] = attempts.get(key, 0) + 1
         batch_exit.pop(key, None)  # steps seen so far belong to an earlier attempt
         latest[key] = TaskState(job, task, raw, **common)  # type: ignore[arg-type]
     out: list[TaskRun] = []
+    het_parts: dict[str, list[tuple[int, TaskState]]] = {}
     for key, ts in latest.items():
         restarts = attempts[key] - 1
         code = ts.exit_code
+        completing = False
         if ts.state in _STOPPED and not code and batch_exit.get(key):
             code = batch_exit[key]
         elif (with_steps and ts.state in _STOPPED and not code and not batch_exit.get(key) and ts.started_at
+              and not key[2]  # a hetjob's script (its batch step) runs in component 0 only
               and ts.ended_at and (time.time() if now is None else now) - ts.ended_at < BATCH_STEP_GRACE_S):
             # It ran, so its batch step ends with the signal that stopped it; slurmdbd writes the step (first
             # as 0:0, then 0:15) after the job's row. Not final until the signal is there: a state cached as
             # final would keep exit code 0 for good.
-            out.append(TaskRun(TaskState(ts.job, ts.task, ts.raw_id, JobState.RUNNING, None, ts.started_at, None,
-                                         "Completing", restarts), ts.task, ts.task))
-            continue
-        if restarts or code != ts.exit_code:
+            completing = True
+            ts = TaskState(ts.job, ts.task, ts.raw_id, JobState.RUNNING, None, ts.started_at, None, "Completing",
+                           restarts)
+        if not completing and (restarts or code != ts.exit_code):
             ts = TaskState(ts.job, ts.task, ts.raw_id, ts.state, code, ts.started_at, ts.ended_at, ts.reason,
                            restarts)
+        if key[2] is not None:
+            het_parts.setdefault(ts.job, []).append((key[2], ts))
+            continue
         out.append(TaskRun(ts, ts.task, ts.task))
+    for found in het_parts.values():
+        combined = combine_components([ts for _, ts in sorted(found, key=lambda p: p[0])])
+        out.append(TaskRun(combined, None, None))
     own: dict[str, list[int]] = {}
-    for job, task in latest:
+    for job, task, _het in latest:
         if task is not None:
             own.setdefault(job, []).append(task)
     covered: dict[str, list[tuple[int, int]]] = {}
@@ -284,6 +298,27 @@ def parse_sacct_runs(text: str, fields: Iterable[str] = SACCT_FIELDS, with_steps
                 out.append(TaskRun(ts, first, last))
         covered.setdefault(job, []).extend(runs)
     return out
+
+
+def combine_components(parts: list[TaskState]) -> TaskState:
+    """One state for a heterogeneous job from its components' (component 0 first): the worst once every
+    component has ended (any FAILED is FAILED, all COMPLETED is COMPLETED), else still going; the first
+    start, the last end, the script's exit code (component 0) unless only another component's says why."""
+    leader = parts[0]
+    state = combine_states(p.state for p in parts)
+    ended = state.is_terminal
+    worst = next((p for p in parts if p.state is state), leader)
+    code = None
+    if ended:
+        code = next((c for c in (leader.exit_code, worst.exit_code, *(p.exit_code for p in parts)) if c), None)
+        code = 0 if code is None and all(p.exit_code == 0 for p in parts) else code
+    starts = [p.started_at for p in parts if p.started_at is not None]
+    ends = [p.ended_at for p in parts if p.ended_at is not None]
+    # The hetjob's own id (component 0's raw id is the job's), also while only a later component is listed.
+    raw = None if leader.raw_id is None else leader.job
+    return TaskState(leader.job, None, raw, state, code, min(starts) if starts else None,
+                     max(ends) if ends and ended else None, worst.reason if worst.reason else leader.reason,
+                     leader.restarts, len(parts))
 
 
 def _subtract(lo: int, hi: int, taken: list[tuple[int, int]]) -> list[tuple[int, int]]:

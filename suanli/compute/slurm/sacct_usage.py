@@ -49,7 +49,7 @@ class ParseStats:
 class Allocation:
     """One ended allocation (a job attempt, or an array task's attempt) as sacct reported it."""
 
-    job: str  # the native id as sacct prints it (``123``, ``123_4``)
+    job: str  # the native id as sacct prints it (``123``, ``123_4``, ``123+1``: component 1 of a hetjob)
     array_task: int | None
     attempt: int
     user: str | None
@@ -178,7 +178,7 @@ def _parse_lines(lines: Iterable[str], delimiter: str, header: list[str] | None,
             yield job.partition(".")[0], parse_clock(row[c_total]) or 0.0
             continue
         state = state_word(row[c_state])  # "CANCELLED by 123", "CANCELLED+"
-        base = job.split("_")[0]
+        base = job.split("_")[0].split("+")[0]  # a hetjob's components (123+0, 123+1) are job 123's
         end_text = row[c_end]
         end = when(end_text)
         if state in OPEN_STATES or end is None:

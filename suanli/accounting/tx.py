@@ -1,0 +1,106 @@
+"""The ledger's statements: one cursor type (``Tx``) that takes ``?`` placeholders on SQLite and PostgreSQL alike
+and sends a PostgreSQL transaction's BEGIN with its first statement, COPY's text format, and the splitting of a
+migration script into statements."""
+
+from __future__ import annotations
+
+import io
+import math
+import re
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+
+def _statements(script: str) -> list[str]:
+    """Split a migration into statements; a DO $$ ... $$ block and a SQLite trigger's BEGIN ... END stay whole."""
+    out: list[str] = []
+    buf: list[str] = []
+    in_block = False
+    for line in script.splitlines():
+        if not line.strip() and not buf:
+            continue
+        buf.append(line)
+        if line.count("$$") % 2 == 1:
+            in_block = not in_block
+        trigger = buf[0].startswith("CREATE TRIGGER") and buf[0].rstrip().endswith("BEGIN")  # SQLite: to END;
+        if not in_block and line.rstrip().endswith(";") and (not trigger or line.strip() == "END;"):
+            out.append("\n".join(buf).strip().rstrip(";"))
+            buf = []
+    if "".join(buf).strip():
+        out.append("\n".join(buf).strip())
+    return out
+
+
+_QMARK = re.compile(r"\?")
+
+
+class Tx:
+    """A cursor that takes ``?`` placeholders on both databases."""
+
+    def __init__(self, cur: Any, dialect: str, single: bool = False) -> None:
+        self.cur = cur
+        self.dialect = dialect
+        #: PostgreSQL: the BEGIN (and lock) not sent yet; it travels with the transaction's first statement.
+        self.begin = ""
+        self.single = single  # one statement only, sent without BEGIN/COMMIT (PostgreSQL)
+        self.sent = 0
+
+    def _sql(self, sql: str) -> str:
+        return sql if self.dialect == "sqlite" else _QMARK.sub("%s", sql)
+
+    def _begun(self, sql: str, params: bool = False) -> str:
+        """``sql`` after what is still to be sent of the transaction's start (its % doubled where the driver
+        will fill in parameters: a lock key is text)."""
+        self.sent += 1
+        if self.single and self.sent > 1:
+            raise RuntimeError("ledger: a second statement in a transaction(single=True), which is not atomic")
+        if not self.begin:
+            return sql
+        head, self.begin = self.begin, ""
+        return (head.replace("%", "%%") if params else head) + sql
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        if self.dialect != "sqlite" and not params:  # no placeholders: a literal % (LIKE '%:') stays as it is
+            return self.cur.execute(self._begun(sql))
+        return self.cur.execute(self._begun(self._sql(sql), True), tuple(params))
+
+    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        if self.begin:
+            self.cur.execute(self._begun("SELECT 1"))
+        self.cur.executemany(self._sql(sql), rows)
+
+    def copy(self, table: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
+        """PostgreSQL: load rows with COPY (text format, one round trip for the whole batch)."""
+        if self.begin:
+            self.cur.execute(self._begun("SELECT 1"))
+        data = "".join("\t".join(map(_copy_text, row)) + "\n" for row in rows)
+        self.cur.copy_expert(f"COPY {table} ({', '.join(columns)}) FROM STDIN", io.StringIO(data))
+
+    def one(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        self.execute(sql, params)
+        return self.cur.fetchone()
+
+    def all(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        self.execute(sql, params)
+        return list(self.cur.fetchall())
+
+    @property
+    def rowcount(self) -> int:
+        return int(self.cur.rowcount)
+
+
+#: COPY's text format: a backslash, tab, newline or carriage return inside a value is escaped.
+_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+
+
+def _copy_text(value: Any) -> str:
+    """One value in COPY's text format (NULL is ``\\N``)."""
+    if value is None:
+        return "\\N"
+    if isinstance(value, str):
+        return value.translate(_COPY_ESCAPES)
+    if isinstance(value, bool):
+        return "t" if value else "f"
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    return str(value)
