@@ -15,9 +15,10 @@ from suanli.compute import script as sh
 from suanli.compute.base import Submission
 from suanli.compute.config import PartitionConfig
 from suanli.compute.fit import check_fits
+from suanli.compute.slurm.sbatch import request_options
 from suanli.errors import UsageError
 from suanli.jobs.components import Command
-from suanli.jobs.resources import Resources, format_slurm_time
+from suanli.jobs.resources import Resources
 
 
 @dataclass(frozen=True)
@@ -94,20 +95,11 @@ def sbatch_groups(sub: Submission, components: list[Part]) -> list[str]:
         res = p.resources
         out += [":", f"--partition={p.partition.name}", f"--nodes={res.nodes}",
                 f"--ntasks-per-node={res.tasks_per_node}", f"--cpus-per-task={res.cpus_per_task}"]
-        if spec.account:
-            out.append(f"--account={spec.account}")
-        if p.qos:
-            out.append(f"--qos={p.qos}")
-        if p.constraint:
-            out.append(f"--constraint={p.constraint}")
-        if res.memory_mb:
-            out.append(f"--mem={res.memory_mb}M")
-        elif spec.scheduler.mem_per_cpu_mb:  # reset for each component by sbatch: the job's, again
-            out.append(f"--mem-per-cpu={spec.scheduler.mem_per_cpu_mb}M")
-        if res.time_limit is not None:
-            out.append(f"--time={format_slurm_time(res.time_limit)}")
-        if res.accelerators_per_node:
-            out.append(f"--gres={p.adapter.gres_name or 'gpu'}:{res.accelerators_per_node}")
+        # --mem-per-cpu is reset for each component by sbatch: the job's, again.
+        out += request_options(res, account=spec.account, qos=p.qos, constraint=p.constraint,
+                               gres=[f"{p.adapter.gres_name or 'gpu'}:{res.accelerators_per_node}"]
+                               if res.accelerators_per_node else [],
+                               mem_per_cpu_mb=spec.scheduler.mem_per_cpu_mb)
     return out
 
 

@@ -5,24 +5,13 @@ from __future__ import annotations
 
 from suanli.compute.base import Submission
 from suanli.errors import UsageError
-from suanli.jobs.resources import format_slurm_time
+from suanli.jobs.resources import Resources, format_slurm_time
 
 
 def resource_options(sub: Submission) -> list[str]:
     """Account, QoS, constraint, memory, time limit and GRES (the accelerators' from the adapter, then the
     spec's other ``gres``, in one ``--gres``: sbatch keeps only the last of several) of a submission."""
     spec, res = sub.spec, sub.spec.resources
-    out: list[str] = []
-    if spec.account:
-        out.append(f"--account={spec.account}")
-    if spec.qos:
-        out.append(f"--qos={spec.qos}")
-    if spec.constraint:
-        out.append(f"--constraint={spec.constraint}")
-    if res.memory_mb:
-        out.append(f"--mem={res.memory_mb}M")
-    if res.time_limit is not None:
-        out.append(f"--time={format_slurm_time(res.time_limit)}")
     gres: list[str] = []
     accel = sub.adapter.gres_name or "gpu"
     if res.accelerators_per_node:
@@ -32,6 +21,26 @@ def resource_options(sub: Submission) -> list[str]:
             raise UsageError(f"gres: {item!r} names the accelerators this partition's adapter requests as "
                              f"{accel!r}; ask for them with resources.accelerators (--accelerators) only")
         gres.append(item)
+    return request_options(res, account=spec.account, qos=spec.qos, constraint=spec.constraint, gres=gres)
+
+
+def request_options(res: Resources, *, account: str | None, qos: str | None, constraint: str | None,
+                    gres: list[str], mem_per_cpu_mb: int | None = None) -> list[str]:
+    """The options of one allocation request, shared by a job and each component of a heterogeneous job
+    (``--mem-per-cpu`` only where no ``--mem`` is given)."""
+    out: list[str] = []
+    if account:
+        out.append(f"--account={account}")
+    if qos:
+        out.append(f"--qos={qos}")
+    if constraint:
+        out.append(f"--constraint={constraint}")
+    if res.memory_mb:
+        out.append(f"--mem={res.memory_mb}M")
+    elif mem_per_cpu_mb:
+        out.append(f"--mem-per-cpu={mem_per_cpu_mb}M")
+    if res.time_limit is not None:
+        out.append(f"--time={format_slurm_time(res.time_limit)}")
     if gres:
         out.append(f"--gres={','.join(gres)}")
     return out
