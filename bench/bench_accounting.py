@@ -36,7 +36,7 @@ from _util import median_s, pg_admin  # noqa: E402
 from suanli.accounting.estimate import worst_case  # noqa: E402
 from suanli.accounting.ledger import Ledger  # noqa: E402
 from suanli.accounting.quota import Quota  # noqa: E402
-from suanli.accounts_slurm import FIELDS, ParseStats, parse_usage  # noqa: E402
+from suanli.accounts_slurm import FIELDS, ParseStats, usage_rows  # noqa: E402
 from suanli.jobs.resources import Resources  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -77,7 +77,7 @@ def child_ingest(path: str, url: str | None, home: str) -> None:
     led = Ledger(url, Path(home))
     t = time.perf_counter()
     with open(path) as fh:
-        n = led.record(parse_usage(fh, "bench", stats=ParseStats(track=set())))
+        n = led.record_rows(usage_rows(fh, "bench", stats=ParseStats(track=set())))  # what a sync runs
     dt = time.perf_counter() - t
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"{n} {dt} {rss_mb}")
@@ -190,6 +190,7 @@ def main() -> None:
     ap.add_argument("--engines", default="sqlite,postgresql")
     ap.add_argument("--tmp", help="where the sacct text and the SQLite ledger go (default: the system's)")
     ap.add_argument("--plot", action="store_true", help="plot bench/results/ledger-*.json to bench/ledger_scale.png")
+    ap.add_argument("--tag", help="added to the results file's name (ledger-N-STAMP-TAG.json)")
     ap.add_argument("--child-ingest")
     ap.add_argument("--home")
     ap.add_argument("--url")
@@ -206,7 +207,7 @@ def main() -> None:
     for n in (int(x) for x in args.records.split(",")):
         runs: list[dict[str, Any]] = []
         stamp = time.strftime("%Y%m%dT%H%M%S")
-        out = RESULTS / f"ledger-{n}-{stamp}.json"
+        out = RESULTS / f"ledger-{n}-{stamp}{'-' + args.tag if args.tag else ''}.json"
 
         with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
             text = Path(tmp) / "sacct.txt"
@@ -216,7 +217,7 @@ def main() -> None:
             t = time.perf_counter()
             with open(text) as fh:  # the rate is flat in n: the first million lines measure it
                 lines = itertools.islice(fh, PARSE_FLOOR_LINES + 1)
-                parsed = sum(1 for _ in parse_usage(lines, "bench", stats=ParseStats(track=set())))
+                parsed = sum(1 for _ in usage_rows(lines, "bench", stats=ParseStats(track=set())))
             parse_rps = parsed / (time.perf_counter() - t)
             if "sqlite" in engines:
                 runs.append(bench_db("SQLite", None, Path(tmp) / "sqlite-home", text, n, parse_rps, env))

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterable, Mapping
 
-__version__ = "0.2.0"
+from suanli.version import __version__ as __version__
 
 TYPE_CHECKING = False  # not `from typing import ...`: the CLI's start-up needs no typing at run time
 if TYPE_CHECKING:  # explicit re-exports for type checkers; at run time __getattr__ loads them

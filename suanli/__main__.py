@@ -1,7 +1,5 @@
 """``python -m suanli`` is the CLI."""
 
-import sys
+from suanli.cli.entry import run
 
-from suanli.cli.main import main
-
-sys.exit(main())
+run()

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from suanli.accounting.records import UsageRecord, charge_of
 from suanli.compute.config import ClusterConfig
-from suanli.compute.slurm.sacct_usage import FIELDS, ParseStats, parse_allocations
+from suanli.compute.slurm.sacct_usage import FIELDS, ParseStats, allocation_tuples
 from suanli.errors import BackendError, UsageError
 
 if TYPE_CHECKING:
@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from suanli.compute.slurm.backend import SlurmBackend
 
 __all__ = ["FIELDS", "SYNC_WINDOW_S", "ParseStats", "Rates", "SlurmAccounting", "SyncResult", "no_rates",
-           "parse_usage"]
+           "parse_usage", "usage_rows"]
 
 #: sacct is read in windows of this many seconds, so a centre's years of history stream in pieces.
 SYNC_WINDOW_S = 86400.0
@@ -45,21 +45,32 @@ def parse_usage(lines: Iterable[str], cluster: str, rates: Rates = no_rates, *, 
 
     ``cluster`` is the config name the records show; ``key`` (default: ``cluster``) starts their record ids:
     the physical Slurm cluster, so two configs over one slurm.conf book a job once."""
+    for row in usage_rows(lines, cluster, rates, delimiter=delimiter, header=header, stats=stats, key=key):
+        yield UsageRecord(*row[:26])  # type: ignore[arg-type]  # the day is its booked_day
+
+
+def usage_rows(lines: Iterable[str], cluster: str, rates: Rates = no_rates, *, delimiter: str = "|",
+               header: list[str] | None = None, stats: ParseStats | None = None,
+               key: str | None = None) -> Iterator[tuple[object, ...]]:
+    """``parse_usage`` as the ledger's rows (``UsageRecord.row()``, COLUMNS order): what a sync stores, made
+    straight from the parser's tuples (a record object per allocation costs as much as parsing its line)."""
     key = key or cluster
-    for a in parse_allocations(lines, delimiter=delimiter, header=header, stats=stats):
-        cpu_rate, acc_rate, adapter = rates(a.partition)
-        yield UsageRecord(
-            record_id=f"{key}|{a.job}|{int(a.submit_time or 0)}|{int(a.start_time or 0)}",
-            # A heterogeneous job's components are booked apart (record ids 123+0, 123+1: each its own
-            # allocation and TRES) under the job's one native id, so they add up to the job.
-            cluster=cluster, backend="slurm", native_id=a.job.split("+")[0], job_id=None, array_task=a.array_task,
-            attempt=a.attempt, user=a.user, account=a.account, partition=a.partition, adapter=adapter,
-            accelerator_kind=a.accelerator_kind, nodes=a.nodes, cpus=a.cpus, accelerators=a.accelerators,
-            submit_time=a.submit_time, start_time=a.start_time, end_time=a.end_time, elapsed_s=a.elapsed_s,
-            state=a.state, cpu_seconds=a.cpu_seconds, accelerator_seconds=a.accelerator_seconds,
-            charge=charge_of(a.cpu_seconds, a.accelerator_seconds, cpu_rate, acc_rate), total_cpu_s=a.total_cpu_s,
-            source="sacct", booked_day=a.day,
-        )
+    charged: dict[str | None, tuple[float, float, str | None]] = {}
+    months: dict[str, str] = {}
+    for (job, task, attempt, user, account, part, kind, nodes, cpus, acc, submit, start, end, elapsed, state,
+         cpu_s, acc_s, total_cpu, day) in allocation_tuples(lines, delimiter=delimiter, header=header, stats=stats):
+        rate = charged.get(part)
+        if rate is None:
+            rate = charged[part] = rates(part)
+        month = months.get(day)
+        if month is None:
+            month = months[day] = day[:7]
+        # A heterogeneous job's components are booked apart (record ids 123+0, 123+1: each its own
+        # allocation and TRES) under the job's one native id, so they add up to the job.
+        yield (f"{key}|{job}|{int(submit or 0)}|{int(start or 0)}", cluster, "slurm",
+               job.split("+")[0] if "+" in job else job, None, task, attempt, user, account, part, rate[2], kind,
+               nodes, cpus, acc, submit, start, end, elapsed, state, cpu_s, acc_s,
+               cpu_s / 3600.0 * rate[0] + acc_s / 3600.0 * rate[1], total_cpu, "sacct", day, month)
 
 
 @dataclasses.dataclass
@@ -126,8 +137,8 @@ class SlurmAccounting:
             hi = min(lo + SYNC_WINDOW_S, until)
             argv = ["-S", _sacct_time(lo), "-E", _sacct_time(hi)] + (["--allusers"] if all_users else [])
             lines = self._sacct(cfg, argv)
-            parsed = parse_usage(lines, owner.name, rates[owner.name], stats=stats, key=key)
-            total += self.ledger.record(self._submitters(parsed, natives, owner.name, rates))
+            parsed = usage_rows(lines, owner.name, rates[owner.name], stats=stats, key=key)
+            total += self.ledger.record_rows(self._submitters(parsed, natives, owner.name, rates))
             lo = hi
         done = stats.booked_jobs - stats.open_jobs
         release_jobs = sorted({natives[n][0] for n in done if n in natives}
@@ -140,22 +151,25 @@ class SlurmAccounting:
                           tuple(sorted(stats.unknown_states)), len(release_jobs))
 
     @staticmethod
-    def _submitters(records: Iterator[UsageRecord], natives: dict[str, tuple[str, str]], owner: str,
-                    rates: dict[str, Any]) -> Iterator[UsageRecord]:
-        """Records of jobs this registry submitted carry their suanli id and the config (and its rates) that
-        submitted them."""
-        for rec in records:
-            known = natives.get((rec.native_id or "").split("_")[0])
+    def _submitters(rows: Iterator[tuple[object, ...]], natives: dict[str, tuple[str, str]], owner: str,
+                    rates: dict[str, Any]) -> Iterator[tuple[object, ...]]:
+        """Records (ledger rows) of jobs this registry submitted carry their suanli id and the config (and its
+        rates) that submitted them."""
+        if not natives:
+            yield from rows
+            return
+        for row in rows:
+            known = natives.get(str(row[3] or "").split("_")[0])
             if known is None:
-                yield rec
+                yield row
                 continue
             job_id, name = known
             if name == owner:
-                yield dataclasses.replace(rec, job_id=job_id)
+                yield (*row[:4], job_id, *row[5:])
                 continue
-            cpu_rate, acc_rate, adapter = rates[name](rec.partition)
-            yield dataclasses.replace(rec, job_id=job_id, cluster=name, adapter=adapter,
-                                      charge=charge_of(rec.cpu_seconds, rec.accelerator_seconds, cpu_rate, acc_rate))
+            cpu_rate, acc_rate, adapter = rates[name](row[9])
+            charge = charge_of(float(row[20]), float(row[21]), cpu_rate, acc_rate)  # type: ignore[arg-type]
+            yield (row[0], name, *row[2:4], job_id, *row[5:10], adapter, *row[11:22], charge, *row[23:])
 
     # ------------------------------------------------------------ which Slurm cluster a config names
     def physical(self, cfg: ClusterConfig) -> str:

@@ -88,11 +88,16 @@ def load_yaml(file: str, text: str | None = None) -> Source:
     Anchors and aliases are refused (nine nested aliases expand to billions of nodes), as are duplicate keys
     (YAML would keep the last one silently), files over ``MAX_BYTES`` and nesting deeper than ``MAX_DEPTH``.
     """
+    stamp = None
+    if text is None:
+        stamp = _stamp(file)
+        cached = _cached(file, stamp)
+        if cached is not None:
+            return cached
+        text = _read(file)
     import yaml
 
     loader_cls = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-    if text is None:
-        text = _read(file)
     if len(text) > MAX_BYTES:
         raise ConfigError(f"{file}: {len(text)} characters is larger than the {MAX_BYTES // 1024} KiB limit for "
                           "a suanli YAML file")
@@ -115,7 +120,74 @@ def load_yaml(file: str, text: str | None = None) -> Source:
     src = Source(file, data)
     if node is not None:
         _index(node, (), src.lines, src.raw, src)
+    if stamp is not None:
+        _keep(file, stamp, src)
     return src
+
+
+# A parsed file is kept in the user's cache (suanli/cache.py) under its path, keyed by its size, modification
+# time and inode: every command reads the cluster configs, and importing PyYAML and parsing costs more than
+# the rest of a `suanli status`. As with Python's own .pyc files, a file rewritten with the same size within
+# the same nanosecond tick would be missed; a file modified in the last two seconds is not kept (it may still
+# be being written). Files whose data marshal cannot hold (YAML timestamps) are parsed every time.
+_CACHE_FORMAT = 1
+
+
+def _stamp(file: str) -> tuple[int, int, int, int] | None:
+    import os
+    import time
+
+    try:
+        st = os.stat(file)
+    except OSError:
+        return None  # _read names the problem
+    if time.time_ns() - st.st_mtime_ns < 2_000_000_000:
+        return None
+    return (st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev)
+
+
+def _cache_path(file: str) -> str:
+    import os
+    import sys
+
+    from suanli.cache import cache_dir
+    from suanli.version import __version__
+
+    name = os.path.abspath(file).replace("%", "%25").replace("/", "%2F")
+    return os.path.join(cache_dir("yaml"), f"{name}.{__version__}.{sys.implementation.cache_tag}")
+
+
+def _cached(file: str, stamp: tuple[int, int, int, int] | None) -> Source | None:
+    if stamp is None:
+        return None
+    import marshal
+
+    from suanli import cache
+
+    blob = cache.read(_cache_path(file), binary=True)
+    if not isinstance(blob, bytes):
+        return None
+    try:
+        fmt, key, data, lines, raw = marshal.loads(blob)
+    except (EOFError, ValueError, TypeError):
+        return None
+    if fmt != _CACHE_FORMAT or key != stamp:
+        return None
+    return Source(file, data, lines, raw)
+
+
+def _keep(file: str, stamp: tuple[int, int, int, int] | None, src: Source) -> None:
+    if stamp is None:
+        return
+    import marshal
+
+    from suanli import cache
+
+    try:
+        blob = marshal.dumps((_CACHE_FORMAT, stamp, src.data, src.lines, src.raw))
+    except ValueError:  # a value marshal does not know (a YAML timestamp): parse this file every time
+        return
+    cache.write(_cache_path(file), blob)
 
 
 def _read(file: str) -> str:

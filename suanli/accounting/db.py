@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import sqlite3
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -151,7 +152,7 @@ class Database:
 
     def _connect_pg(self) -> Any:
         try:
-            import psycopg2
+            psycopg2 = _import_psycopg2()
         except ImportError:
             raise LedgerError("ledger: a PostgreSQL ledger needs psycopg2; pip install 'suanli[postgres]'") from None
         assert self.url is not None
@@ -314,7 +315,13 @@ class Database:
                 tx.begin += sql.decode(psycopg2.extensions.encodings[conn.encoding])
         try:
             yield tx
-            if not single and tx.sent:  # a transaction that sent no statement never began
+            if tx.deferred:
+                # The deferred writes and the COMMIT (and the BEGIN, when nothing was sent yet) in one round
+                # trip: PostgreSQL runs the string's statements in order and stops at the first error.
+                enc = psycopg2.extensions.encodings[conn.encoding]
+                writes = [tx.cur.mogrify(sql, params).decode(enc) if params else sql for sql, params in tx.deferred]
+                tx.cur.execute(tx._begun("; ".join([*writes, "COMMIT"])))
+            elif not single and tx.sent:  # a transaction that sent no statement never began
                 tx.cur.execute("COMMIT")
         except BaseException as exc:
             if not single and tx.sent and not conn.closed:
@@ -349,6 +356,45 @@ class Database:
         if "readonly" in text or "unable to open" in text:
             return LedgerError(f"ledger {self.where}: cannot write it ({text}); check its permissions")
         return LedgerError(f"ledger {self.where}: {text}")
+
+
+#: The standard modules psycopg2's import loads besides ``ssl`` and its own package (on the submit path only
+#: ``decimal`` is new): imported before ``ssl`` is hidden, so none of them can see it missing
+#: (``_import_psycopg2``; tests/test_ledger_submit_cost.py checks that nothing else loads in that gap).
+_PSYCOPG2_DEPS = ("datetime", "decimal", "json", "math", "re", "warnings")
+
+
+def _import_psycopg2() -> Any:
+    """psycopg2, without the ~12 ms of ``import ssl`` that its C module does at import (a third of the driver's
+    cost, and of what a ledger adds to a submit) when that cannot change anything.
+
+    psycopg2 imports ``ssl`` only to decide who sets up libcrypto's thread-locking callbacks: when the import
+    works it tells libpq not to (``PQinitOpenSSL(1, 0)``), so that libpq does not replace Python's callbacks;
+    when it fails (``PyErr_Clear``) libpq sets its own. Those callbacks exist only in OpenSSL before 1.1.0;
+    from 1.1.0 on libcrypto locks by itself and both branches do nothing. Python >= 3.10 (this package's
+    floor, PEP 644) needs OpenSSL >= 1.1.1, so when libpq shares Python's libcrypto there is nothing to set up;
+    when it has its own (psycopg2-binary bundles OpenSSL 3) nobody else's callbacks are on it. libpq's TLS
+    (``sslmode``) works the same either way: it initialises its OpenSSL when it connects.
+
+    ``ssl`` is hidden (``sys.modules['ssl'] = None`` makes its import fail at once) only while psycopg2 loads,
+    only when nothing has imported ``ssl`` yet and no other thread runs (no other code can see the gap), and
+    psycopg2's own dependencies are loaded first (none of them can cache "no ssl"); the entry is removed in a
+    ``finally``, so a later ``import ssl`` loads the real module."""
+    if "psycopg2" in sys.modules or "ssl" in sys.modules or threading.active_count() != 1:
+        import psycopg2
+
+        return psycopg2
+    import importlib
+
+    for name in _PSYCOPG2_DEPS:
+        importlib.import_module(name)
+    sys.modules["ssl"] = None  # type: ignore[assignment]
+    try:
+        import psycopg2
+    finally:
+        if "ssl" in sys.modules and sys.modules["ssl"] is None:
+            del sys.modules["ssl"]
+    return psycopg2
 
 
 def _first_line(exc: BaseException) -> str:

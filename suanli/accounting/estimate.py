@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from suanli.jobs.resources import Resources
 
 
-@dataclass(frozen=True)
-class Estimate:
+class Estimate(NamedTuple):
+    """A job's worst case. A named tuple, not a dataclass: every submit with a ledger loads this module, and a
+    frozen dataclass costs ~1.5 ms to create at import against ~0.2 ms (``_replace`` makes a changed copy)."""
+
     tasks: int
     cpus: int  # allocated per array task (all nodes)
     accelerators: int  # allocated per array task (all nodes)

@@ -12,11 +12,12 @@ import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
 from suanli.accounting.admission import RESOURCE_NAMES, Admission, Check
-from suanli.accounting.db import BULK_FLAG, Database, Tx, delta_sql, rollup_batch_sql
+from suanli.accounting.db import BULK_FLAG, ROLLUP_SUMS, ROLLUPS, Database, Tx, delta_sql, micro, rollup_batch_sql
 from suanli.accounting.records import COLUMNS, UsageRecord
 from suanli.accounting.reports import REPORT_KEYS, Reports
 
@@ -52,16 +53,23 @@ class Ledger(Admission, Reports):
                release_native: NativeDone | None = None, batch: int = BATCH) -> int:
         """Upsert records in batches (each batch one transaction, so a killed sync loses nothing it
         committed and a rerun rewrites the same rows); reservations are released with the last batch."""
+        rows: Iterable[tuple[object, ...]] = ([rec.row() for rec in records] if isinstance(records, list | tuple)
+                                              else map(UsageRecord.row, records))
+        return self.record_rows(rows, release_jobs, release_native, batch)
+
+    def record_rows(self, rows: Iterable[tuple[object, ...]], release_jobs: Sequence[str] = (),
+                    release_native: NativeDone | None = None, batch: int = BATCH) -> int:
+        """``record`` for rows as ``UsageRecord.row()`` makes them (COLUMNS order): what a sync streams, without
+        a record object per row."""
         self.db.may_rewrite  # noqa: B018 - asked once, outside the write transactions
-        if isinstance(records, list | tuple) and len(records) <= batch:
+        if isinstance(rows, list | tuple) and len(rows) <= batch:
             # A few jobs that just ended: one transaction, no parsing thread (starting one costs more).
-            rows = [(*rec.row(), time.time()) for rec in records]
             with self.db.transaction() as tx:
                 if rows:
-                    self._upsert(tx, rows)
+                    self._upsert(tx, list(rows), time.time())
                 self._release(tx, release_jobs, release_native)
             return len(rows)
-        # Parsing (the records iterator) runs in a thread while this one writes: the database works with
+        # Parsing (the rows iterator) runs in a thread while this one writes: the database works with
         # the GIL released, so the two overlap. The queue is short, so memory stays a few batches. Handing a
         # batch's rows to the database (binding each value) needs the GIL row by row: the parser pauses for
         # that (``quiet``), instead of taking the GIL back between every two rows, and resumes while the
@@ -73,6 +81,7 @@ class Ledger(Admission, Reports):
         quiet = threading.Event()
         quiet.set()
         failure: list[BaseException] = []
+        now = time.time()
 
         def put(item: list[tuple[object, ...]] | None) -> bool:
             while not stop.is_set():
@@ -85,17 +94,19 @@ class Ledger(Admission, Reports):
 
         def produce() -> None:
             try:
-                now = time.time()
+                it = iter(rows)
                 buf: list[tuple[object, ...]] = []
-                for rec in records:
-                    buf.append((*rec.row(), now))
-                    if not len(buf) % 256:
-                        quiet.wait()
-                    if len(buf) >= batch:
-                        if not put(buf):
+                while True:
+                    quiet.wait()
+                    chunk = list(islice(it, min(256, batch)))  # pulled in C, a few hundred at a time
+                    buf += chunk
+                    if len(buf) >= batch or not chunk:
+                        if not chunk:
+                            put(buf)
                             return
-                        buf = []
-                put(buf)
+                        if not put(buf[:batch]):
+                            return
+                        buf = buf[batch:]
             except BaseException as exc:
                 failure.append(exc)
             finally:
@@ -109,7 +120,7 @@ class Ledger(Admission, Reports):
             while (item := batches.get()) is not None:
                 if pending:
                     with self.db.transaction() as tx:
-                        self._upsert(tx, pending, quiet)
+                        self._upsert(tx, pending, now, quiet)
                     n += len(pending)
                 pending = item
         finally:
@@ -117,7 +128,7 @@ class Ledger(Admission, Reports):
             producer.join()
         with self.db.transaction() as tx:
             if pending:
-                self._upsert(tx, pending, quiet)
+                self._upsert(tx, pending, now, quiet)
                 n += len(pending)
             if not failure:
                 self._release(tx, release_jobs, release_native)
@@ -125,14 +136,17 @@ class Ledger(Admission, Reports):
             raise failure[0]
         return n
 
-    def _upsert(self, tx: Tx, rows: list[tuple[object, ...]], quiet: threading.Event | None = None) -> None:
-        """Store a batch; ``quiet`` (the parser's go-ahead) is held while the rows are handed over."""
+    def _upsert(self, tx: Tx, rows: list[tuple[object, ...]], now: float,
+                quiet: threading.Event | None = None) -> None:
+        """Store a batch (rows without recorded_at: ``now`` is theirs); ``quiet`` (the parser's go-ahead) is
+        held while the rows are handed over."""
         if tx.dialect == "sqlite":
-            self._upsert_sqlite(tx, rows, quiet)
+            _upsert_sqlite(tx, rows, now, quiet)
             return
         rewrite = self.db.may_rewrite
         cols = ", ".join((*COLUMNS, "recorded_at"))
-        unique = list({row[0]: row for row in rows}.values())  # ON CONFLICT may touch a row once per statement
+        # ON CONFLICT may touch a row once per statement
+        unique = list({row[0]: (*row, now) for row in rows}.values())
         updates = ", ".join(
             f"{c} = COALESCE(excluded.{c}, usage_records.{c})" if c == "job_id" else f"{c} = excluded.{c}"
             for c in (*COLUMNS[1:], "recorded_at"))
@@ -148,32 +162,6 @@ class Ledger(Admission, Reports):
         with _pausing(quiet):
             tx.copy("usage_stage", (*COLUMNS, "recorded_at"), unique)
         tx.execute(f"INSERT INTO usage_records ({cols}) SELECT {cols} FROM usage_stage {conflict}")
-
-    @staticmethod
-    def _upsert_sqlite(tx: Tx, rows: list[tuple[object, ...]], quiet: threading.Event | None = None) -> None:
-        """A few rows: the upsert, and the row triggers move the roll-ups. A batch: staged, then the roll-ups move
-        by whole groups (what the batch's records held before, taken away; what they hold now, added) with the
-        triggers told to stand aside, all in this one transaction (3x the row triggers' rate)."""
-        if len(rows) < 64:
-            tx.executemany(_UPSERT, rows)
-            return
-        cols = ", ".join((*COLUMNS, "recorded_at"))
-        tx.execute("CREATE TEMP TABLE IF NOT EXISTS usage_stage AS SELECT * FROM usage_records WHERE 0")
-        tx.execute("DELETE FROM usage_stage")
-        unique = {row[0]: row for row in rows}  # one upsert per record id, as PostgreSQL's path
-        with _pausing(quiet):
-            tx.executemany(f"INSERT INTO usage_stage ({cols}) VALUES ({', '.join('?' * (len(COLUMNS) + 1))})",
-                           list(unique.values()))
-        tx.execute(f"INSERT INTO {BULK_FLAG} VALUES (1)")
-        # What the records being rewritten held before (one probe per staged id), then what the batch holds.
-        for sql in [*delta_sql("SELECT * FROM usage_records WHERE record_id IN (SELECT record_id FROM usage_stage)",
-                               "-"), *delta_sql("SELECT * FROM usage_stage", "")[1:]]:
-            tx.execute(sql)
-        tx.execute(_UPSERT.replace(f"VALUES ({', '.join('?' * (len(COLUMNS) + 1))})",
-                                   f"SELECT {cols} FROM usage_stage WHERE true"))
-        for sql in rollup_batch_sql():
-            tx.execute(sql)
-        tx.execute(f"DELETE FROM {BULK_FLAG}")
 
     def release(self, job_ids: Sequence[str] = (), native: NativeDone | None = None) -> None:
         with self.db.transaction() as tx:
@@ -255,6 +243,66 @@ class Ledger(Admission, Reports):
         with self.db.transaction(single=True) as tx:
             tx.execute("INSERT INTO sync_marks (cluster, scope, mark) VALUES (?, ?, ?) ON CONFLICT (cluster, scope) "
                        "DO UPDATE SET mark = excluded.mark", (cluster, scope, mark))
+
+
+def _upsert_sqlite(tx: Tx, rows: list[tuple[object, ...]], now: float, quiet: threading.Event | None) -> None:
+    """A few rows: the upsert, and the row triggers move the roll-ups. A batch: staged (the only part that needs
+    the GIL row by row: the parser waits), then moved by whole statements that let the parser run, with the
+    triggers told to stand aside. A batch of new records only (a sync's usual one) is copied in, no probe first,
+    and added to the roll-ups record by record; one that rewrites records takes away what they held before and
+    adds what the batch holds, through the deltas table."""
+    if len(rows) < 64:
+        tx.executemany(_UPSERT, [(*row, now) for row in rows])
+        return
+    import sqlite3  # here: PostgreSQL ledgers never load it
+
+    tx.execute(_STAGE)
+    tx.execute("DELETE FROM usage_stage")
+    if len({row[0] for row in rows}) != len(rows):  # one upsert per record id, as PostgreSQL's path
+        rows = list({row[0]: row for row in rows}.values())
+    with _pausing(quiet):
+        tx.executemany(_STAGE_INSERT, rows)
+    tx.execute(f"INSERT INTO {BULK_FLAG} VALUES (1)")
+    try:  # as new records: a record already stored aborts the statement, and SQLite backs out what it wrote
+        tx.execute(_NEW_FROM_STAGE, (now,))
+        rollups = _ROLLUPS_OF_NEW
+    except sqlite3.IntegrityError:  # a rewrite: what the records held before is taken away, then the batch added
+        for sql in [*delta_sql(f"SELECT * FROM usage_records WHERE record_id IN ({_STAGED_IDS})", "-"),
+                    *delta_sql("SELECT * FROM usage_stage", "")[1:]]:
+            tx.execute(sql)
+        tx.execute(_FROM_STAGE, (now,))
+        rollups = rollup_batch_sql()
+    for sql in rollups:
+        tx.execute(sql)
+    tx.execute(f"DELETE FROM {BULK_FLAG}")
+
+
+def _rollups_of_new() -> list[str]:
+    """SQLite: each roll-up moved by a batch of new records, one upsert per record into its roll-up row: the
+    roll-up's own key finds the row (sorting the batch into groups first costs more, measured: a sync's batch has
+    nearly a group per record in the daily roll-up); exact, as each record adds its own millionths."""
+    out = []
+    for table, (period, cols) in ROLLUPS.items():
+        keys = (period, *cols)
+        pk = ("account", period, *cols[1:])
+        adds = ", ".join(f"{c} = {table}.{c} + excluded.{c}" for c in ("jobs", *ROLLUP_SUMS))
+        out.append(f"INSERT INTO {table} ({', '.join((*keys, 'jobs', *ROLLUP_SUMS))}) "
+                   f"SELECT {', '.join(f'COALESCE({k}, {_EMPTY})' for k in keys)}, 1, "
+                   f"{', '.join(micro('sqlite', c) for c in ROLLUP_SUMS.values())} "
+                   f"FROM usage_stage WHERE true ON CONFLICT ({', '.join(pk)}) DO UPDATE SET {adds}")
+    return out
+
+
+_EMPTY = "''"
+_STAGE = "CREATE TEMP TABLE IF NOT EXISTS usage_stage AS SELECT * FROM usage_records WHERE 0"
+_STAGE_INSERT = f"INSERT INTO usage_stage ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
+_STAGED_IDS = "SELECT record_id FROM usage_stage"
+_FROM_STAGE = _UPSERT.replace(f"VALUES ({', '.join('?' * (len(COLUMNS) + 1))})",
+                              f"SELECT {', '.join(COLUMNS)}, ? FROM usage_stage WHERE true")
+#: A batch of new records: a plain INSERT (ABORT on a conflict), so finding that none is stored yet costs nothing.
+_NEW_FROM_STAGE = (f"INSERT INTO usage_records ({', '.join(COLUMNS)}, recorded_at) "
+                   f"SELECT {', '.join(COLUMNS)}, ? FROM usage_stage")
+_ROLLUPS_OF_NEW = _rollups_of_new()
 
 
 @contextmanager

@@ -44,6 +44,8 @@ class Tx:
         self.begin = ""
         self.single = single  # one statement only, sent without BEGIN/COMMIT (PostgreSQL)
         self.sent = 0
+        #: PostgreSQL: statements (with their parameters) sent together with the COMMIT (``defer``).
+        self.deferred: list[tuple[str, tuple[Any, ...]]] = []
 
     def _sql(self, sql: str) -> str:
         return sql if self.dialect == "sqlite" else _QMARK.sub("%s", sql)
@@ -60,9 +62,20 @@ class Tx:
         return (head.replace("%", "%%") if params else head) + sql
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        if self.deferred:
+            raise RuntimeError("ledger: a statement after a deferred one (Tx.defer), which would run before it")
         if self.dialect != "sqlite" and not params:  # no placeholders: a literal % (LIKE '%:') stays as it is
             return self.cur.execute(self._begun(sql))
         return self.cur.execute(self._begun(self._sql(sql), True), tuple(params))
+
+    def defer(self, sql: str, params: Sequence[Any] = ()) -> None:
+        """A write whose result nobody reads, last in its transaction: PostgreSQL sends it in the COMMIT's round
+        trip (``Database.transaction``), SQLite runs it now. It fails the transaction as ``execute`` would,
+        only at the commit; nothing may be executed after it."""
+        if self.dialect == "sqlite" or self.single:
+            self.execute(sql, params)
+            return
+        self.deferred.append((self._sql(sql) if params else sql, tuple(params)))
 
     def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         if self.begin:

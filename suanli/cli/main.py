@@ -7,10 +7,11 @@ import argparse
 import os
 import sys
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
 from suanli.cli.submit_args import add_submit_args
+from suanli.cli.term import columns
 from suanli.errors import SuanliError
+from suanli.version import __version__
 
 TYPE_CHECKING = False  # `typing` itself is more than `suanli --help` needs at run time
 if TYPE_CHECKING:
@@ -45,28 +46,13 @@ refused or could not be reached"""
 SPEC_SUFFIXES = (".yaml", ".yml")
 
 
-def _columns() -> int:
-    """The terminal width as shutil.get_terminal_size() finds it ($COLUMNS, else the terminal, else 80),
-    without importing shutil (and the archive modules it loads): argparse asks for the width on every
-    add_argument, and the import costs a tenth of `suanli --help`."""
-    try:
-        columns = int(os.environ["COLUMNS"])
-    except (KeyError, ValueError):
-        columns = 0
-    if columns <= 0 and sys.__stdout__ is not None:
-        try:
-            columns = os.get_terminal_size(sys.__stdout__.fileno()).columns
-        except (AttributeError, ValueError, OSError):
-            columns = 0
-    return columns or 80
-
-
 class _Help(argparse.HelpFormatter):
-    """argparse's formatter, sized by :func:`_columns` as argparse sizes it by shutil."""
+    """argparse's formatter, sized by :func:`~suanli.cli.term.columns` as argparse sizes it by shutil (which
+    imports archive modules: a tenth of `suanli --help`)."""
 
     def __init__(self, prog: str, indent_increment: int = 2, max_help_position: int = 24,
                  width: int | None = None) -> None:
-        super().__init__(prog, indent_increment, max_help_position, _columns() - 2 if width is None else width)
+        super().__init__(prog, indent_increment, max_help_position, columns() - 2 if width is None else width)
 
 
 class _RawDescriptionHelp(argparse.RawDescriptionHelpFormatter, _Help):
@@ -99,7 +85,7 @@ def _top(common: SuanliParser, verbs_action: type[argparse.Action] | None = None
         description="One job API for Slurm partitions, Ray clusters and this machine.",
         epilog=EXIT_CODES, formatter_class=_RawDescriptionHelp,
     )
-    parser.add_argument("--version", action="version", version="suanli 0.1.0")
+    parser.add_argument("--version", action="version", version=f"suanli {__version__}")
     sub = parser.add_subparsers(dest="verb", metavar="VERB", action=verbs_action or argparse._SubParsersAction)
     return parser, sub
 
@@ -320,7 +306,7 @@ def _split_submit(args: argparse.Namespace) -> None:
     if command and command[0] == "--":
         args.command = command[1:]
     elif command and command[0].endswith(SPEC_SUFFIXES):
-        if not Path(command[0]).is_file():
+        if not os.path.isfile(command[0]):
             raise UsageError(f"submit: no spec file {command[0]!r}; to run a program of that name, put it after "
                              f"--: suanli submit -- {command[0]}")
         args.spec_file, args.command = command[0], []

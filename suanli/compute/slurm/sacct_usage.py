@@ -11,7 +11,8 @@ each allocation into a usage record (rates and record ids are accounting's busin
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator
+import sys
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 from suanli.adapters import accelerator_adapters
@@ -94,29 +95,125 @@ def parse_allocations(lines: Iterable[str], *, delimiter: str = "|", header: lis
     TotalCPU is on the step lines (``123.batch``, ``123.extern``, ``123.0``) that follow it when sacct runs
     without ``-X`` (Slurm 22.05 prints 00:00:00 on a -X allocation line), so an allocation is yielded once its
     steps are read."""
-    current: Allocation | None = None
-    steps_cpu = 0.0
-    for item in _parse_lines(lines, delimiter, header, stats):
-        if item is None or isinstance(item, Allocation):  # an allocation line (None: one still open)
-            if current is not None:
-                yield _with_steps(current, steps_cpu)
-            current, steps_cpu = item, 0.0
-        elif current is not None and item[0] == current.job:
-            steps_cpu += item[1]  # a step of the allocation just read; never an allocation of its own
-    if current is not None:
-        yield _with_steps(current, steps_cpu)
+    for t in allocation_tuples(lines, delimiter=delimiter, header=header, stats=stats):
+        yield Allocation(*t)
 
 
-def _with_steps(alloc: Allocation, steps_cpu: float) -> Allocation:
+#: One allocation as a plain tuple, in ``Allocation``'s field order: what a sync's hot loop reads (a dataclass
+#: per record, made and read again, costs more than parsing the line).
+AllocationTuple = tuple[str, int | None, int, str | None, str | None, str | None, str | None, int, int, int,
+                        float | None, float | None, float | None, float, str, float, float, float | None, str]
+
+
+def allocation_tuples(lines: Iterable[str], *, delimiter: str = "|", header: list[str] | None = None,
+                      stats: ParseStats | None = None) -> Iterator[AllocationTuple]:
+    """``parse_allocations`` as plain tuples."""
+    return _parse_lines(lines, delimiter, header, stats)
+
+
+def _with_steps(alloc: AllocationTuple, steps_cpu: float) -> AllocationTuple:
     """sacct sums the steps into the allocation's TotalCPU itself where it can; where it printed none (Slurm
     22.05 under -X, or an allocation line without it) the steps' sum stands in. Never both: no double count."""
-    if not alloc.total_cpu_s and steps_cpu:
-        alloc.total_cpu_s = steps_cpu
+    if steps_cpu and not alloc[17]:
+        return (*alloc[:17], steps_cpu, alloc[18])
     return alloc
 
+
+def _tres_info(text: str, kinds: dict[str, str]) -> tuple[int | None, int, int, str | None]:
+    """What a record needs from an AllocTRES cell: its cpu and node counts (None: absent) and the first
+    registered accelerator kind with a non-zero count (typed entries, gres/gpu:a100=2, added up)."""
+    tres = parse_tres(text)
+    acc = 0
+    kind: str | None = None
+    if "gres/" in text:
+        for gres, k in kinds.items():
+            n = tres.get("gres/" + gres)
+            if n is None:  # only typed entries (gres/gpu:a100=2): add them up
+                typed = [_int(v) for key, v in tres.items() if key.startswith(f"gres/{gres}:")]
+                n = str(sum(typed)) if typed else None
+            if n is not None and _int(n):
+                acc, kind = _int(n), k
+                break
+    return (_int(tres["cpu"]) if "cpu" in tres else None, _int(tres.get("node", "1"), 1), acc, kind)
+
+
+def _clock(text: str) -> float | None:
+    """``parse_clock`` with a fast path for the shapes sacct prints most (``MM:SS.mmm``, ``HH:MM:SS``); the
+    same value to the bit (``secs = secs * 60 + part``, from 0.0)."""
+    if "-" not in text:
+        parts = text.split(":")
+        try:
+            if len(parts) == 2:
+                return float(parts[0]) * 60 + float(parts[1])
+            if len(parts) == 3:
+                return (float(parts[0]) * 60 + float(parts[1])) * 60 + float(parts[2])
+        except ValueError:
+            pass
+    return parse_clock(text)
+
+
+class _Columns:
+    """The header's column numbers (``width``: an empty cell appended to each row, for a column not there)."""
+
+    def __init__(self, names: list[str]) -> None:
+        idx = {n.strip().lower(): i for i, n in enumerate(names)}
+        self.width = width = len(names)
+
+        def at(*keys: str) -> int:
+            return next((idx[k.lower()] for k in keys if k.lower() in idx), width)
+
+        self.job, self.state, self.end, self.start = at("JobID"), at("State"), at("End"), at("Start")
+        self.submit, self.eraw, self.elapsed = at("Submit"), at("ElapsedRaw"), at("Elapsed")
+        self.cpus, self.tres, self.nodes = at("AllocCPUS", "NCPUS"), at("AllocTRES"), at("AllocNodes", "NNodes")
+        self.cpuraw, self.cputime, self.total = at("CPUTimeRAW"), at("CPUTime"), at("TotalCPU")
+        self.part, self.user, self.account = at("Partition"), at("User"), at("Account")
+
+
+def _clock_reader() -> Callable[[str], float | None]:
+    """Local time to epoch, with mktime's answer cached per hour (zones change offsets on whole hours)."""
+    hour_epoch: dict[str, float] = {}
+    minute_epoch: dict[str, float] = {}  # most ends, starts and submits fall in a minute seen just before
+
+    def hour(text: str) -> float | None:
+        base = hour_epoch.get(text[:13])
+        if base is None:
+            if text[0] not in "0123456789":
+                return None
+            t0 = parse_time(text[:13] + ":00:00")
+            if t0 is None:
+                return None
+            base = hour_epoch[text[:13]] = t0
+        return base
+
+    def when(text: str) -> float | None:
+        if len(text) < 19:
+            return None
+        base = minute_epoch.get(text[:16])
+        if base is not None:
+            try:
+                return base + int(text[17:19])
+            except ValueError:
+                return parse_time(text)
+        base = hour(text)
+        if base is None:
+            return None
+        try:
+            minute = base + int(text[14:16]) * 60
+            out = minute + int(text[17:19])
+        except ValueError:
+            return parse_time(text)
+        if len(minute_epoch) > 100_000:
+            minute_epoch.clear()
+        minute_epoch[text[:16]] = minute
+        return out
+
+    return when
+
+
 def _parse_lines(lines: Iterable[str], delimiter: str, header: list[str] | None,
-                 stats: ParseStats | None) -> Iterator[Allocation | tuple[str, float] | None]:
-    """Allocation records (None for one still open), and ``(allocation id, TotalCPU seconds)`` per step line."""
+                 stats: ParseStats | None) -> Iterator[AllocationTuple]:
+    """Allocation tuples, each yielded once the step lines after it (``123.batch``, ``123.0``: their TotalCPU)
+    are read. One flat loop with the common shapes first: this is a sync's hot path (a year is 10M lines)."""
     st = stats if stats is not None else ParseStats()
     kinds = _gres_kinds()
     it = iter(lines)
@@ -126,105 +223,114 @@ def _parse_lines(lines: Iterable[str], delimiter: str, header: list[str] | None,
         if first is None:
             return
         names = first.rstrip("\n").split(delimiter)
-    idx = {n.strip().lower(): i for i, n in enumerate(names)}
-    width = len(names)
-    attempt_of: tuple[str, int] = ("", -1)
-    seen: dict[str, str] = {}
-
-    def same(text: str) -> str:
-        """One string object per distinct user, account, day...: the rows in flight take far less memory."""
-        if len(seen) > 100_000:
-            seen.clear()
-        return seen.setdefault(text, text)
-
-    def at(*keys: str) -> int:
-        """The column of the first key present; ``width`` (an empty cell appended to each row) if none is."""
-        return next((idx[k.lower()] for k in keys if k.lower() in idx), width)
-
-    c_job, c_state, c_end, c_start, c_submit = at("JobID"), at("State"), at("End"), at("Start"), at("Submit")
-    c_eraw, c_elapsed, c_cpus, c_tres = at("ElapsedRaw"), at("Elapsed"), at("AllocCPUS", "NCPUS"), at("AllocTRES")
-    c_nodes, c_cpuraw, c_cputime, c_total = at("AllocNodes", "NNodes"), at("CPUTimeRAW"), at("CPUTime"), at("TotalCPU")
-    c_part, c_user, c_account = at("Partition"), at("User"), at("Account")
-    hour_epoch: dict[str, float] = {}
-
-    def when(text: str) -> float | None:
-        """Local time to epoch, with mktime's answer cached per hour (zones change offsets on whole hours)."""
-        if len(text) < 19 or text[0] not in "0123456789":
-            return None
-        base = hour_epoch.get(text[:13])
-        if base is None:
-            t0 = parse_time(text[:13] + ":00:00")
-            if t0 is None:
-                return None
-            base = hour_epoch[text[:13]] = t0
-        try:
-            return base + int(text[14:16]) * 60 + int(text[17:19])
-        except ValueError:
-            return parse_time(text)
-
-    for line in it:
-        st.lines += 1
-        row = line.rstrip("\n").split(delimiter)
-        if len(row) == width + 1 and row[-1] == "":  # --parsable ends each line with the delimiter
-            row.pop()
-        if len(row) != width:
-            st.bad += 1
-            log.warning("sacct: skipped a line with %d fields (the header has %d): %.80s", len(row), width, line)
-            continue
-        row.append("")
-        job = row[c_job]
-        if not job or "." in job:
-            st.steps += 1
-            yield job.partition(".")[0], parse_clock(row[c_total]) or 0.0
-            continue
-        state = state_word(row[c_state])  # "CANCELLED by 123", "CANCELLED+"
-        base = job.split("_")[0].split("+")[0]  # a hetjob's components (123+0, 123+1) are job 123's
-        end_text = row[c_end]
-        end = when(end_text)
-        if state in OPEN_STATES or end is None:
-            st.open += 1
-            st.note(st.open_jobs, base)
-            yield None
-            continue
-        if state not in KNOWN_FINAL and state not in st.unknown_states:
-            st.unknown_states.add(state)
-            log.warning("sacct: state %r is new to suanli; the record is kept as it is", state)
-        start = when(row[c_start])
-        submit = when(row[c_submit])
-        elapsed_text = row[c_eraw]
-        elapsed = float(_int(elapsed_text)) if elapsed_text else (parse_clock(row[c_elapsed]) or 0.0)
-        cpus = _int(row[c_cpus])
-        tres_text = row[c_tres]
-        tres = parse_tres(tres_text)
-        if not cpus and "cpu" in tres:
-            cpus = _int(tres["cpu"])
-        nodes = _int(row[c_nodes], 1) or _int(tres.get("node", "1"), 1)
-        cpu_text = row[c_cpuraw]
-        cpu_s = float(_int(cpu_text)) if cpu_text else (parse_clock(row[c_cputime]) or cpus * elapsed)
-        acc = 0
-        kind: str | None = None
-        if "gres/" in tres_text:
-            for gres, k in kinds.items():
-                n = tres.get("gres/" + gres)
-                if n is None:  # only typed entries (gres/gpu:a100=2): add them up
-                    typed = [_int(v) for key, v in tres.items() if key.startswith(f"gres/{gres}:")]
-                    n = str(sum(typed)) if typed else None
-                if n is not None and _int(n):
-                    acc, kind = _int(n), k
-                    break
-        acc_s = acc * elapsed
-        part = same(row[c_part]) or None
-        total_cpu = parse_clock(row[c_total])
-        # sacct -D prints a job's attempts one after another: count them without remembering every job.
-        n_attempt = attempt_of[1] + 1 if attempt_of[0] == job else 0
-        attempt_of = (job, n_attempt)
-        task_text = job.partition("_")[2]
-        st.records += 1
-        st.note(st.booked_jobs, base)
-        yield Allocation(
-            job=job, array_task=int(task_text) if task_text.isdigit() else None, attempt=n_attempt,
-            user=same(row[c_user]) or None, account=same(row[c_account]) or None, partition=part,
-            accelerator_kind=kind, nodes=nodes, cpus=cpus, accelerators=acc, submit_time=submit, start_time=start,
-            end_time=end, elapsed_s=elapsed, state=same(state), cpu_seconds=cpu_s, accelerator_seconds=acc_s,
-            total_cpu_s=total_cpu, day=same(end_text[:10]),
-        )
+    c = _Columns(names)
+    width, c_job, c_state, c_end, c_start, c_submit = c.width, c.job, c.state, c.end, c.start, c.submit
+    c_eraw, c_elapsed, c_cpus, c_tres, c_nodes = c.eraw, c.elapsed, c.cpus, c.tres, c.nodes
+    c_cpuraw, c_cputime, c_total, c_part, c_user, c_account = c.cpuraw, c.cputime, c.total, c.part, c.user, c.account
+    when = _clock_reader()
+    # One string object per distinct user, account, day...: the rows in flight take far less memory.
+    intern = sys.intern
+    tres_seen: dict[str, tuple[int | None, int, int, str | None]] = {}
+    track, open_jobs, booked_jobs, unknown = st.track, st.open_jobs, st.booked_jobs, st.unknown_states
+    attempt_job, attempt_n = "", -1
+    pending: AllocationTuple | None = None  # the allocation whose steps may follow
+    steps_cpu = 0.0
+    n_lines = n_steps = n_open = n_bad = n_records = 0
+    try:
+        for line in it:
+            n_lines += 1
+            row = line.rstrip("\n").split(delimiter)
+            if len(row) != width:
+                if len(row) == width + 1 and row[-1] == "":  # --parsable ends each line with the delimiter
+                    row.pop()
+                else:
+                    n_bad += 1
+                    log.warning("sacct: skipped a line with %d fields (the header has %d): %.80s", len(row), width,
+                                line)
+                    continue
+            row.append("")
+            job = row[c_job]
+            if not job or "." in job:
+                n_steps += 1
+                cpu = _clock(row[c_total]) or 0.0
+                if pending is not None and job.partition(".")[0] == pending[0]:
+                    steps_cpu += cpu  # a step of the allocation just read; never an allocation of its own
+                continue
+            state = row[c_state]
+            if state not in KNOWN_FINAL:
+                state = state_word(state)  # "CANCELLED by 123", "CANCELLED+"
+            # a hetjob's components (123+0, 123+1) are job 123's
+            base = job if job.isdigit() else job.split("_")[0].split("+")[0]
+            end_text = row[c_end]
+            end = when(end_text)
+            if end is None or state in OPEN_STATES:
+                n_open += 1
+                if track is None or base in track:
+                    open_jobs.add(base)
+                if pending is not None:
+                    yield _with_steps(pending, steps_cpu)
+                pending = None
+                continue
+            if state not in KNOWN_FINAL and state not in unknown:
+                unknown.add(state)
+                log.warning("sacct: state %r is new to suanli; the record is kept as it is", state)
+            start_text, submit_text = row[c_start], row[c_submit]
+            start = when(start_text)
+            submit = start if submit_text == start_text else when(submit_text)
+            text = row[c_eraw]
+            if text:
+                try:
+                    elapsed = float(int(text))
+                except ValueError:
+                    elapsed = 0.0
+            else:
+                elapsed = parse_clock(row[c_elapsed]) or 0.0
+            tres_text = row[c_tres]
+            info = tres_seen.get(tres_text)
+            if info is None:
+                if len(tres_seen) > 10_000:
+                    tres_seen.clear()
+                info = tres_seen[tres_text] = _tres_info(tres_text, kinds)
+            try:
+                cpus = int(row[c_cpus])
+            except ValueError:
+                cpus = 0
+            if not cpus and info[0] is not None:
+                cpus = info[0]
+            try:
+                nodes = int(row[c_nodes]) or info[1]
+            except ValueError:
+                nodes = 1
+            text = row[c_cpuraw]
+            if text:
+                try:
+                    cpu_s = float(int(text))
+                except ValueError:
+                    cpu_s = 0.0
+            else:
+                cpu_s = parse_clock(row[c_cputime]) or cpus * elapsed
+            acc, kind = info[2], info[3]
+            # sacct -D prints a job's attempts one after another: count them without remembering every job.
+            if attempt_job == job:
+                attempt_n += 1
+            else:
+                attempt_job, attempt_n = job, 0
+            n_records += 1
+            if track is None or base in track:
+                booked_jobs.add(base)
+            part, user, account = row[c_part], row[c_user], row[c_account]
+            if pending is not None:
+                yield _with_steps(pending, steps_cpu)
+            steps_cpu = 0.0
+            pending = (job, int(job.partition("_")[2]) if "_" in job and job.partition("_")[2].isdigit() else None,
+                   attempt_n, intern(user) if user else None, intern(account) if account else None,
+                   intern(part) if part else None, kind, nodes, cpus, acc, submit, start, end, elapsed,
+                   intern(state), cpu_s, acc * elapsed, _clock(row[c_total]), intern(end_text[:10]))
+        if pending is not None:
+            yield _with_steps(pending, steps_cpu)
+    finally:
+        st.lines += n_lines
+        st.steps += n_steps
+        st.open += n_open
+        st.bad += n_bad
+        st.records += n_records
