@@ -158,13 +158,18 @@ def bench_db(label: str, url: str | None, home: Path, text: Path, n: int, parse_
 
 
 def plot(paths: list[Path], png: Path) -> None:
-    """Ingest rate, slowest report and admission against the number of records, per engine."""
+    """Ingest rate, slowest report and admission against the number of records, per engine (each point the
+    latest run of its size)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    runs = [r for p in paths for r in json.loads(p.read_text())["runs"]]
+    newest: dict[tuple[str, int], dict[str, Any]] = {}  # paths sort by size, then time: the latest run wins
+    for p in paths:
+        for r in json.loads(p.read_text())["runs"]:
+            newest[(r["engine"], r["records"])] = r
+    runs = list(newest.values())
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
     metrics = (("ingest_rps", "sync ingest (records/s)", 50_000),
                ("report_max_ms", "slowest `usage --by` report (ms)", 500), ("admit_ms", "admission (ms)", 2))

@@ -55,6 +55,7 @@ def main() -> None:
     ap.add_argument("--replayed-jobs", default="", help="numbers of separate jobs, sacct's answer replayed")
     ap.add_argument("--held-file", help="keep the held separate jobs (ids in this JSON file) for a later run")
     ap.add_argument("--cancel-held", action="store_true", help="cancel the held jobs of --held-file at the end")
+    ap.add_argument("--before-tree", help="also time `status ID` of the 10k map with PYTHONPATH=this source tree")
     ap.add_argument("--items", type=int, default=1000)
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--partition", default="debug")
@@ -269,14 +270,21 @@ def scale(args: argparse.Namespace, conf: str) -> None:
                 entry = {"tasks": n, "arrays": len(natives), "raw_sacct_s": med["raw"], "suanli_poll_s": med["suanli"],
                          "ratio": med["suanli"] / med["raw"]}
                 if n == 10000:
-                    cli = interleaved({"raw": run_quiet(argv), "suanli": run_quiet([*exe, "status", jid])},
-                                      max(3, args.repeat // 2))
+                    procs = {"raw": run_quiet(argv), "suanli": run_quiet([*exe, "status", jid])}
+                    if args.before_tree:  # the same command from another source tree, in the same rounds
+                        procs["before"] = run_quiet(["env", f"PYTHONPATH={args.before_tree}", *exe, "status", jid])
+                    cli = interleaved(procs, max(3, args.repeat))
                     entry.update(raw_sacct_process_s=cli["raw"], suanli_status_process_s=cli["suanli"],
                                  process_ratio=cli["suanli"] / cli["raw"])
+                    if "before" in cli:
+                        entry.update(before_status_process_s=cli["before"],
+                                     before_process_ratio=cli["before"] / cli["raw"])
                 out["maps"].append(entry)
                 print(f"map of {n:>6} tasks: sacct {med['raw'] * 1000:8.1f} ms  suanli poll "
                       f"{med['suanli'] * 1000:8.1f} ms  x{entry['ratio']:.2f}"
-                      + (f"   whole process: x{entry['process_ratio']:.2f}" if "process_ratio" in entry else ""),
+                      + (f"   whole process: x{entry['process_ratio']:.2f}" if "process_ratio" in entry else "")
+                      + (f" (before: x{entry['before_process_ratio']:.2f})" if "before_process_ratio" in entry
+                         else ""),
                       flush=True)
             finally:
                 if keep is None or args.cancel_held:
