@@ -18,6 +18,7 @@ from suanli.accounting.db import ROLLUP_SUMS, ROLLUPS, LedgerPermissionError, mi
 from suanli.accounting.ledger import REPORT_KEYS, Ledger
 from suanli.accounting.quota import Quota
 from suanli.accounting.records import UsageRecord
+from suanli.accounting.rollups import rollup_sums
 
 ACCOUNTS = ["lab", "phys", None]
 USERS = ["u1", "u2", "u3"]
@@ -149,6 +150,17 @@ def test_rollups_equal_a_full_scan_after_random_changes(ledger: Ledger) -> None:
         expect = (sum(v[0] for v in scan.values()) / 3600 if c.resource == "cpu_hours"
                   else scan.get(c.kind, (0.0, 0.0, 0.0))[1] / 3600)
         assert c.used == pytest.approx(expect, rel=1e-9, abs=1e-6) and c.used > 0
+    # A window with both ends at past midnights, records booked across each end (the edge records): the
+    # corrections at both ends count, as admission sums them, equal to the records' scan.
+    lo, hi = sorted(_edges())
+    for q in (Quota(account="lab", period="total", cpu_hours=1e12), Quota(account="phys", period="total",
+                                                                          user=USERS[0], cpu_hours=1e12)):
+        with ledger.db.transaction() as tx:
+            got = rollup_sums(tx, q, lo, hi)
+            scan = ledger._sums(tx, "usage_records", q, lo, hi)
+        assert got is not None and set(got) == set(scan) and scan
+        for kind, sums in scan.items():
+            assert got[kind] == pytest.approx(sums, rel=1e-9, abs=1e-4)  # whole millionths per record
 
 
 def test_migration_builds_rollups_from_records_booked_before(ledger_url: str | None, home: Path,  # noqa: F811
