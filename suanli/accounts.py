@@ -42,7 +42,6 @@ class Accounts:
         self.client = client
         self._ledger: Ledger | None = None
         self._slurm: SlurmAccounting | None = None
-        self._held: set[str] | None = None  # while admission settles an account: every job holding a reservation
 
     # ------------------------------------------------------------ the ledger
     @property
@@ -122,21 +121,16 @@ class Accounts:
     def _settle(self, account: str) -> None:
         """Book this account's jobs that ended since anyone last looked, so their worst-case reservations do
         not refuse a new job (only this registry's open jobs that hold a reservation are asked about)."""
-        every = self.ledger.reservations()  # one round trip; the booking below reuses it (``_with_reserved_done``)
-        held = [str(r["job_id"]) for r in every if r["account"] == account]
+        held = self.ledger.reserved_jobs(account)
         if not held:
             return
-        self._held = {str(r["job_id"]) for r in every}
-        try:
-            rows = self.client.store.query(ids=held)
-            open_rows = [r for r in rows if not r.done]
-            if open_rows:
-                self.client.refresh(open_rows)  # books the ones that ended (Client.refresh -> finished)
-            done = [r for r in rows if r.done]
-            if done:
-                self.finished(done)  # ended before, but the booking failed then (a busy ledger): try again
-        finally:
-            self._held = None
+        rows = self.client.store.query(ids=held)
+        open_rows = [r for r in rows if not r.done]
+        if open_rows:
+            self.client.refresh(open_rows)  # books the ones that ended (Client.refresh -> finished)
+        done = [r for r in rows if r.done]
+        if done:
+            self.finished(done)  # ended before, but the booking failed then (a busy ledger): try again
 
     def submitted(self, job_id: str, native_id: str, checks: Sequence[Check]) -> None:
         if not checks:
@@ -195,9 +189,7 @@ class Accounts:
 
     def _with_reserved_done(self, rows: Sequence[JobRow]) -> list[JobRow]:
         """These rows plus finished jobs of this registry that still hold a reservation (a retry)."""
-        # Admission's settling read the reservations a moment ago: used once (a second booking asks again).
-        known, self._held = self._held, None
-        held = (known if known is not None else set(self.ledger.reserved_jobs())) - {r.id for r in rows}
+        held = set(self.ledger.reserved_jobs()) - {r.id for r in rows}
         if not held:
             return list(rows)
         return [*rows, *(r for r in self.client.store.query(ids=sorted(held)) if r.done)]

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import sys
+import time
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
@@ -134,9 +137,6 @@ _CACHE_FORMAT = 1
 
 
 def _stamp(file: str) -> tuple[int, int, int, int] | None:
-    import os
-    import time
-
     try:
         st = os.stat(file)
     except OSError:
@@ -147,9 +147,6 @@ def _stamp(file: str) -> tuple[int, int, int, int] | None:
 
 
 def _cache_path(file: str) -> str:
-    import os
-    import sys
-
     from suanli.cache import cache_dir
     from suanli.version import __version__
 

@@ -9,11 +9,12 @@ import secrets
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 import test_portal_browser
 from conftest import run_cli, wait_until
+from test_accounting import _pg_url as _url
+from test_accounting import _super
 from test_portal import Server, _records, issue, quotas_in_ledger, start_server
 from test_portal_browser import by_css, form_login
 
@@ -21,22 +22,6 @@ pytest.importorskip("starlette")
 driver = test_portal_browser.driver  # the browser tests' fixtures, shared
 browser = test_portal_browser.browser
 PG = os.environ.get("SUANLI_TEST_PG", "")
-
-
-def _url(user: str, db: str) -> str:
-    p = urlsplit(PG)
-    return urlunsplit(p._replace(netloc=f"{user}@{p.hostname}:{p.port}", path="/" + db))
-
-
-def _super(sql: str, db: str = "postgres") -> None:
-    import psycopg2  # the ledger's driver (suanli[postgres])
-
-    conn = psycopg2.connect(_url("postgres", db))
-    try:
-        conn.autocommit = True
-        conn.cursor().execute(sql)
-    finally:
-        conn.close()
 
 
 @pytest.fixture

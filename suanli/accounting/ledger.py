@@ -8,6 +8,7 @@ deleted in the same transaction that books its real usage.
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -254,8 +255,6 @@ def _upsert_sqlite(tx: Tx, rows: list[tuple[object, ...]], now: float, quiet: th
     if len(rows) < 64:
         tx.executemany(_UPSERT, [(*row, now) for row in rows])
         return
-    import sqlite3  # here: PostgreSQL ledgers never load it
-
     tx.execute(_STAGE)
     tx.execute("DELETE FROM usage_stage")
     if len({row[0] for row in rows}) != len(rows):  # one upsert per record id, as PostgreSQL's path
