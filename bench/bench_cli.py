@@ -2,8 +2,10 @@
 `suanli submit -- true` on the local backend, `suanli status` with an empty registry and with 1,000 jobs.
 Rounds are interleaved (each round runs every command once), so load from elsewhere on the machine falls on
 all of them alike; the figures are medians. Goals: `--help` <= 1.5x and `submit -- true` <= 2.5x
-`python3 -c pass`. With $SUANLI_TEST_PG set, a submit with a PostgreSQL ledger (a quota on its account, so
-admission runs) is timed against the same submit with no ledger: the difference is what the ledger adds.
+`python3 -c pass`. Commands run as users run them, through the command server (suanli/cli/server.py; its first
+command, in the warm-up rounds, starts it), and again in-process (SUANLI_SERVER=0). With $SUANLI_TEST_PG set,
+a submit with a PostgreSQL ledger (a quota on its account, so admission runs) is timed against the same
+submit with no ledger: the difference is what the ledger adds.
 
     .venv/bin/python bench/bench_cli.py [--rounds 21] [--jobs 1000] [--json PATH]
 
@@ -117,9 +119,15 @@ def wait_all(home: Path) -> None:
 
 def base_env(tmp: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items()
-           if k not in ("PYTHONDONTWRITEBYTECODE", "SUANLI_CONFIG", "SUANLI_LEDGER_URL", "SUANLI_CLUSTER")}
+           if k not in ("PYTHONDONTWRITEBYTECODE", "SUANLI_CONFIG", "SUANLI_LEDGER_URL", "SUANLI_CLUSTER",
+                        "SUANLI_SERVER", "SUANLI_SERVER_IDLE")}
     env["HOME"] = str(tmp)  # no ~/.config/suanli/clusters
+    # The command server's socket in this run's folder: removed with it, which ends the server.
+    env["SUANLI_SERVER_DIR"] = str(tmp / "srv")
     return env
+
+
+IN_PROCESS = {"SUANLI_SERVER": "0"}
 
 
 @contextmanager
@@ -157,9 +165,14 @@ def build_cases(tmp: Path, cwd: Path, exe: str, py: str, n_jobs: int, pg_url: st
         Case("suanli --help", [exe, "--help"], empty_env),
         Case("python -m suanli --help", [py, "-m", "suanli", "--help"], empty_env),
         Case("suanli submit -- true (local)", [exe, "submit", "--", "true"], sub_env, wait_ended(sub_home)),
+        Case("suanli submit -- true (local, in-process)", [exe, "submit", "--", "true"], {**sub_env, **IN_PROCESS},
+             wait_ended(sub_home)),
         Case("suanli status (empty registry)", [exe, "status"], empty_env),
+        Case("suanli status (empty registry, in-process)", [exe, "status"], {**empty_env, **IN_PROCESS}),
         Case(f"suanli status ({n_jobs} jobs)", [exe, "status"], full_env),
         Case(f"suanli status --json ({n_jobs} jobs)", [exe, "status", "--json"], full_env),
+        Case(f"suanli status --json ({n_jobs} jobs, in-process)", [exe, "status", "--json"],
+             {**full_env, **IN_PROCESS}),
     ]
     if pg_url:
         quota = subprocess.run([exe, "quota", "set", "--account", "bench", "--cpu-hours", "1000000"],
@@ -173,6 +186,10 @@ def build_cases(tmp: Path, cwd: Path, exe: str, py: str, n_jobs: int, pg_url: st
         cases += [
             Case("suanli submit -A bench -- true (no ledger)", argv, nl_env, wait_ended(nl_home)),
             Case("suanli submit -A bench -- true (PostgreSQL ledger)", argv, pg_env, wait_ended(pg_home)),
+            Case("suanli submit -A bench -- true (no ledger, in-process)", argv, {**nl_env, **IN_PROCESS},
+                 wait_ended(nl_home)),
+            Case("suanli submit -A bench -- true (PostgreSQL ledger, in-process)", argv, {**pg_env, **IN_PROCESS},
+                 wait_ended(pg_home)),
         ]
     return cases
 
@@ -209,12 +226,15 @@ def main() -> None:
              "cpu_ms": round(statistics.median(c.cpu) * 1000, 1),
              "cpu_ratio": round(statistics.median(c.cpu) / base_cpu, 2), "argv": c.argv[1:]} for c in cases]
     by = {r["what"]: r for r in rows}
-    pg_added = pg_added_cpu = None
+    pg_added = pg_added_in_process = pg_added_cpu_in_process = None
     if pg_url:
         pg = by["suanli submit -A bench -- true (PostgreSQL ledger)"]
         no = by["suanli submit -A bench -- true (no ledger)"]
         pg_added = round(pg["median_ms"] - no["median_ms"], 1)  # type: ignore[operator]
-        pg_added_cpu = round(pg["cpu_ms"] - no["cpu_ms"], 1)  # type: ignore[operator]
+        pg_ip = by["suanli submit -A bench -- true (PostgreSQL ledger, in-process)"]
+        no_ip = by["suanli submit -A bench -- true (no ledger, in-process)"]
+        pg_added_in_process = round(pg_ip["median_ms"] - no_ip["median_ms"], 1)  # type: ignore[operator]
+        pg_added_cpu_in_process = round(pg_ip["cpu_ms"] - no_ip["cpu_ms"], 1)  # type: ignore[operator]
     print(f"\nCLI start-up, medians of {args.rounds} interleaved rounds ({os.cpu_count()} cores, load "
           f"{os.getloadavg()[0]:.1f})")
     print(f"{'what':<52} {'wall ms':>8} {'x pass':>7} {'cpu ms':>7} {'x pass':>7} {'goal':>6}")
@@ -222,15 +242,19 @@ def main() -> None:
         goal = GOALS.get(str(r["what"]))
         print(f"{r['what']:<52} {r['median_ms']:>8} {r['ratio']:>7} {r['cpu_ms']:>7} {r['cpu_ratio']:>7} "
               f"{'<=' + str(goal) if goal else '':>6}")
+    print("(a command served by the command server runs in the server's child: the CPU columns of those rows count\n"
+          " the client process only; the in-process rows are the same commands with SUANLI_SERVER=0)")
     if pg_added is not None:
-        print(f"a PostgreSQL ledger adds {pg_added} ms wall, {pg_added_cpu} ms CPU to a submit (goal: <= 30 ms)")
+        print(f"a PostgreSQL ledger adds {pg_added} ms wall to a served submit (goal: <= 30 ms); in-process "
+              f"{pg_added_in_process} ms wall, {pg_added_cpu_in_process} ms CPU")
     for what, (n, heavy) in imports.items():
         print(f"`python -X importtime -m suanli {what}`: {n} modules; heavy/yaml/accounting: {heavy or 'none'}")
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps({
         "bench": "cli", "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "rounds": args.rounds, "cores": os.cpu_count(),
         "python": sys.version.split()[0], "load": os.getloadavg()[0], "rows": rows, "goals": GOALS,
-        "pg_ledger_added_ms": pg_added, "pg_ledger_added_cpu_ms": pg_added_cpu,
+        "pg_ledger_added_ms": pg_added, "pg_ledger_added_in_process_ms": pg_added_in_process,
+        "pg_ledger_added_cpu_in_process_ms": pg_added_cpu_in_process,
         "imports": {what: {"modules": n, "heavy": heavy} for what, (n, heavy) in imports.items()},
     }, indent=2) + "\n")
     print(f"results: {args.json}")

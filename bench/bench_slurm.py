@@ -270,19 +270,27 @@ def scale(args: argparse.Namespace, conf: str) -> None:
                 entry = {"tasks": n, "arrays": len(natives), "raw_sacct_s": med["raw"], "suanli_poll_s": med["suanli"],
                          "ratio": med["suanli"] / med["raw"]}
                 if n == 10000:
-                    procs = {"raw": run_quiet(argv), "suanli": run_quiet([*exe, "status", jid])}
+                    # As users run it: through the command server (suanli/cli/server.py; the warm-up round
+                    # starts it, its socket lives in this run's folder), and in-process (SUANLI_SERVER=0).
+                    served = {**os.environ, "SUANLI_SERVER": "1", "SUANLI_SERVER_DIR": os.path.join(tmp, "srv")}
+                    procs = {"raw": run_quiet(argv), "suanli": run_quiet([*exe, "status", jid], served),
+                             "in_process": run_quiet([*exe, "status", jid], {**served, "SUANLI_SERVER": "0"})}
+                    run_quiet([*exe, "status", jid], served)()  # starts the server
                     if args.before_tree:  # the same command from another source tree, in the same rounds
                         procs["before"] = run_quiet(["env", f"PYTHONPATH={args.before_tree}", *exe, "status", jid])
                     cli = interleaved(procs, max(3, args.repeat))
                     entry.update(raw_sacct_process_s=cli["raw"], suanli_status_process_s=cli["suanli"],
-                                 process_ratio=cli["suanli"] / cli["raw"])
+                                 process_ratio=cli["suanli"] / cli["raw"],
+                                 in_process_status_process_s=cli["in_process"],
+                                 in_process_ratio=cli["in_process"] / cli["raw"])
                     if "before" in cli:
                         entry.update(before_status_process_s=cli["before"],
                                      before_process_ratio=cli["before"] / cli["raw"])
                 out["maps"].append(entry)
                 print(f"map of {n:>6} tasks: sacct {med['raw'] * 1000:8.1f} ms  suanli poll "
                       f"{med['suanli'] * 1000:8.1f} ms  x{entry['ratio']:.2f}"
-                      + (f"   whole process: x{entry['process_ratio']:.2f}" if "process_ratio" in entry else "")
+                      + (f"   whole process: x{entry['process_ratio']:.2f} "
+                         f"(in-process x{entry['in_process_ratio']:.2f})" if "process_ratio" in entry else "")
                       + (f" (before: x{entry['before_process_ratio']:.2f})" if "before_process_ratio" in entry
                          else ""),
                       flush=True)

@@ -8,12 +8,12 @@ Attributes load lazily so the CLI and in-job helpers start fast.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Mapping
 
 from suanli.version import __version__ as __version__
 
 TYPE_CHECKING = False  # not `from typing import ...`: the CLI's start-up needs no typing at run time
 if TYPE_CHECKING:  # explicit re-exports for type checkers; at run time __getattr__ loads them
+    from collections.abc import Callable, Iterable, Mapping
     from typing import Any
 
     from suanli.api import Client

@@ -14,6 +14,11 @@ from typing import Any
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+# Every CLI process a test starts runs in-process, as written: the command server (suanli/cli/server.py) would
+# otherwise answer from a process started by an earlier test. tests/test_cli_server.py turns it on, each test
+# with a server folder of its own.
+os.environ["SUANLI_SERVER"] = "0"
+os.environ.pop("SUANLI_SERVER_DIR", None)
 
 
 @pytest.fixture

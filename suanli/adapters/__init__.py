@@ -20,9 +20,9 @@ ENTRY_POINT_GROUP = "suanli.adapters"
 
 
 def _entry_points() -> dict[str, str]:
-    from importlib.metadata import entry_points
+    from suanli.discovery import entry_points
 
-    return {ep.name: ep.value for ep in entry_points(group=ENTRY_POINT_GROUP)}
+    return entry_points(ENTRY_POINT_GROUP)
 
 
 def adapter_names() -> list[str]:

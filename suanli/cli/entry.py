@@ -71,19 +71,38 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def run() -> NoReturn:
-    """``suanli`` as a program (bin/suanli, ``python -m suanli``): :func:`main`, then the process ends without
-    Python's teardown of every module and object, which takes a tenth of a short command's time. What must
-    happen at exit still does: output is flushed and the ``atexit`` functions run (logging's flush, finalizers
-    of temporary folders, thread pools' joins). Any other thread still running gets the usual full exit."""
+    """``suanli`` as a program (bin/suanli, ``python -m suanli``): the command server's child runs it when one
+    can (``suanli/cli/client.py``), else :func:`main` here. Either way the process ends through :func:`finish`."""
+    args = sys.argv[1:]
+    if args not in (["--help"], ["-h"], ["--version"]):
+        from suanli.cli.client import enabled, run_remote
+
+        if enabled(args):
+            remote = run_remote(args)
+            if remote is not None:
+                finish(remote)
     try:
         code = main()
     except SystemExit as exc:  # argparse's errors and --help of a verb
         if not isinstance(exc.code, int | None):
             raise
         code = exc.code or 0
+    finish(code)
+
+
+def finish(code: int, join_threads: bool = False) -> NoReturn:
+    """End the process without Python's teardown of every module and object, which takes a tenth of a short
+    command's time. What must happen at exit still does: output is flushed and the ``atexit`` functions run
+    (logging's flush, finalizers of temporary folders, thread pools' joins). Another thread still running gets
+    the usual full exit, or (``join_threads``, in a forked server child, which must not unwind into the server's
+    loop) is waited for."""
     threading = sys.modules.get("threading")
     if threading is not None and threading.active_count() > 1:
-        sys.exit(code)
+        if not join_threads:
+            sys.exit(code)
+        for thread in threading.enumerate():
+            if thread is not threading.current_thread() and not thread.daemon:
+                thread.join()
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()

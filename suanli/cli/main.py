@@ -206,27 +206,45 @@ class _Verbs(argparse._SubParsersAction):  # type: ignore[type-arg]
 
     def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
                  option_string: str | None = None) -> None:
-        name = values[0]
+        self.build(values[0])
+        super().__call__(parser, namespace, values, option_string)
+
+    def build(self, name: str) -> None:
         if self._name_parser_map.get(name) is None:
             holder = argparse._SubParsersAction(option_strings=[], prog=self._prog_prefix, dest=argparse.SUPPRESS,
                                                 parser_class=SuanliParser)
             BUILDERS[name](holder, self.common)
             self._name_parser_map[name] = holder.choices[name]
-        super().__call__(parser, namespace, values, option_string)
 
 
-def run_parser() -> argparse.ArgumentParser:
-    """The parser `main` uses: the same top level, but only the verb given gets its parser built."""
+def run_parser(every_verb: bool = False) -> argparse.ArgumentParser:
+    """The parser `main` uses: the same top level, but only the verb given gets its parser built (or, with
+    ``every_verb``, all of them now)."""
     common = _common()
     parser, sub = _top(common, _Verbs)
     sub.common = common
     for verb, text in VERB_HELP.items():
         sub.add_verb(verb, text)
+        if every_verb:
+            sub.build(verb)
     return parser
 
 
+#: The command server's parser, every verb built (:func:`build_ahead`): each forked command takes its copy.
+_ahead: argparse.ArgumentParser | None = None
+
+
+def build_ahead() -> None:
+    """For a process that forks commands (suanli/cli/server.py): build the parser once, and compile the
+    patterns argparse uses while parsing into ``re``'s cache. A parser is not changed by parsing."""
+    global _ahead
+    _ahead = run_parser(every_verb=True)
+    for sample in (["status"], ["submit", "--nodes", "1", "--", "true"]):
+        _ahead.parse_args(sample)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = run_parser()
+    parser = _ahead or run_parser()
     args = parser.parse_args(argv)
     if args.verb == "submit":
         try:

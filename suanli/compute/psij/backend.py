@@ -76,30 +76,48 @@ def _names(kind: str) -> set[str] | None:
     """PSI/J's registered executor or launcher names, read from its descriptor files (``psij-descriptors/*.py``
     on ``sys.path``) without importing psij: loading a cluster config must stay cheap and must not install
     PSI/J's SIGCHLD handler in every suanli process. None when no descriptor is found (psij not installed: the
-    config stays loadable, and using the cluster says what to install)."""
-    import ast
+    config stays loadable, and using the cluster says what to install). Kept between commands
+    (``suanli.discovery``), keyed by every descriptor folder and file's stamp."""
     import sys
 
-    var = "__PSI_J_EXECUTORS__" if kind == "executor" else "__PSI_J_LAUNCHERS__"
-    names: set[str] = set()
+    from suanli.discovery import memo, stamps
+
+    files: list[str] = []
     for entry in sys.path:
-        folder = Path(entry or ".") / "psij-descriptors"
-        if not folder.is_dir():
+        folder = os.path.join(entry or ".", "psij-descriptors")
+        try:
+            files += sorted(os.path.join(folder, n) for n in os.listdir(folder) if n.endswith(".py"))
+        except OSError:
             continue
-        for f in sorted(folder.glob("*.py")):
-            try:
-                tree = ast.parse(f.read_text())
-            except (OSError, SyntaxError, ValueError):
+    key = stamps(files)
+    found: dict[str, list[str]] = memo("psij-descriptors", None if key is None else (tuple(files), key),
+                                       lambda: _read_descriptors(files))
+    names = found["executor" if kind == "executor" else "launcher"]
+    return set(names) or None
+
+
+def _read_descriptors(files: Sequence[str]) -> dict[str, list[str]]:
+    """The ``name=`` of every descriptor in ``__PSI_J_EXECUTORS__`` and ``__PSI_J_LAUNCHERS__`` of ``files``."""
+    import ast
+
+    out: dict[str, set[str]] = {"executor": set(), "launcher": set()}
+    for f in files:
+        try:
+            tree = ast.parse(Path(f).read_text())
+        except (OSError, SyntaxError, ValueError):
+            continue
+        for node in tree.body:
+            if not isinstance(node, ast.Assign):
                 continue
-            for node in tree.body:
-                if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == var
-                                                        for t in node.targets):
-                    for call in ast.walk(node.value):
-                        if isinstance(call, ast.Call):
-                            for kw in call.keywords:
-                                if kw.arg == "name" and isinstance(kw.value, ast.Constant):
-                                    names.add(str(kw.value.value))
-    return names or None
+            for kind, var in (("executor", "__PSI_J_EXECUTORS__"), ("launcher", "__PSI_J_LAUNCHERS__")):
+                if not any(isinstance(t, ast.Name) and t.id == var for t in node.targets):
+                    continue
+                for call in ast.walk(node.value):
+                    if isinstance(call, ast.Call):
+                        for kw in call.keywords:
+                            if kw.arg == "name" and isinstance(kw.value, ast.Constant):
+                                out[kind].add(str(kw.value.value))
+    return {kind: sorted(names) for kind, names in out.items()}
 
 
 def psij_name(name: str) -> str:
