@@ -20,7 +20,7 @@ from suanli.accounting.records import UsageRecord, charge_of
 from suanli.adapters import get_adapter
 from suanli.compute.backends import usage_source
 from suanli.compute.config import ClusterConfig
-from suanli.errors import BackendError, SuanliError, UsageError
+from suanli.errors import BackendError, QuotaExceeded, SuanliError, UsageError
 from suanli.jobs.resources import Resources
 
 if TYPE_CHECKING:
@@ -99,7 +99,8 @@ class Accounts:
                 charge=_add(est.charge, more.charge))
         return est
 
-    def admit(self, sub: Submission, est: Estimate, *, reserve: bool = True) -> list[Check]:
+    def admit(self, sub: Submission, est: Estimate, *, reserve: bool = True,
+              native_id: str | None = None) -> list[Check]:
         """Refuse (QuotaExceeded, exit 3) or reserve the worst case. A ledger that cannot be read refuses
         the submission unless the settings say ``on_ledger_error: allow``."""
         settings = self.client.configs.settings
@@ -107,10 +108,20 @@ class Accounts:
             return []  # quotas belong to accounts: a job without one has nothing to check
         if settings.ledger is None and not self.ledger.db.exists:
             return []  # no ledger yet, so no quota: nothing to check
-        try:
-            self._settle(sub.spec.account)
+        def attempt() -> list[Check]:
             return self.ledger.admit(job_id=sub.job_id, cluster=sub.cluster.name, account=sub.spec.account,
-                                     user=self.user(sub.user), est=est, reserve=reserve)
+                                     user=self.user(sub.user), est=est, reserve=reserve, native_id=native_id)
+
+        try:
+            try:
+                return attempt()
+            except QuotaExceeded:
+                # Jobs that ended since anyone looked still count at their worst case: book them, then ask
+                # again. Only when it matters: their booking (a status call, the first write of a session's
+                # roll-up trigger) would otherwise cost every submission, and a later look books them anyway.
+                if not self._settle(sub.spec.account):
+                    raise
+                return attempt()
         except LedgerError as exc:
             if settings.on_ledger_error == "allow":
                 log.warning("%s; submitting without a quota check (on_ledger_error: allow)", exc)
@@ -118,12 +129,13 @@ class Accounts:
             raise LedgerError(f"{exc} (submissions are refused while the ledger cannot be read; settings.yaml "
                               "on_ledger_error: allow lets them through unaccounted)") from None
 
-    def _settle(self, account: str) -> None:
+    def _settle(self, account: str) -> bool:
         """Book this account's jobs that ended since anyone last looked, so their worst-case reservations do
-        not refuse a new job (only this registry's open jobs that hold a reservation are asked about)."""
+        not refuse a new job (only this registry's open jobs that hold a reservation are asked about). Whether
+        any reservation was given back."""
         held = self.ledger.reserved_jobs(account)
         if not held:
-            return
+            return False
         rows = self.client.store.query(ids=held)
         open_rows = [r for r in rows if not r.done]
         if open_rows:
@@ -131,9 +143,12 @@ class Accounts:
         done = [r for r in rows if r.done]
         if done:
             self.finished(done)  # ended before, but the booking failed then (a busy ledger): try again
+        return len(self.ledger.reserved_jobs(account)) < len(held)
 
-    def submitted(self, job_id: str, native_id: str, checks: Sequence[Check]) -> None:
-        if not checks:
+    def submitted(self, job_id: str, native_id: str, checks: Sequence[Check], reserved_as: str | None = None) -> None:
+        """Note the job's native id on its reservation (``accounting sync`` finds it by that id); nothing to do
+        when the reservation was made under that id already (``Plan.native_id``)."""
+        if not checks or native_id == reserved_as:
             return
         try:
             self.ledger.bind(job_id, native_id)

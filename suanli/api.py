@@ -193,7 +193,8 @@ class Client(StatusRefresh, JobController):
         self.reconcile_unsubmitted(self.store.unsubmitted())
         # The quota check reserves the worst case before anything reaches the scheduler (exit 3 if it does
         # not fit); a refused submission gives the reservation back.
-        checks = self.accounts.admit(sub, self.accounts.estimate(sub)) if self.quota_may_apply(sub) else []
+        checks = (self.accounts.admit(sub, self.accounts.estimate(sub), native_id=plan.native_id)
+                  if self.quota_may_apply(sub) else [])
         try:
             self.store.insert(row, sub.tasks, JobState.PENDING, "Submitting")
         except BaseException:
@@ -211,7 +212,7 @@ class Client(StatusRefresh, JobController):
         test_pause("after-submit")
         self.store.set_native_id(sub.job_id, native)
         if checks:
-            self.accounts.submitted(sub.job_id, native, checks)
+            self.accounts.submitted(sub.job_id, native, checks, reserved_as=plan.native_id)
         if s.array is not None:
             return JobArray(sub.job_id, self, list(s.array.indices))
         return Job(sub.job_id, self)

@@ -7,8 +7,11 @@ the email package to do it): ~20 ms in a virtual environment of a hundred packag
 something is installed or removed, which changes the folder it lands in. So an answer is kept in the user's
 cache (``suanli/cache.py``) and in this process, keyed by ``sys.path`` and each entry's modification time, inode
 and device; a folder changed in the last two seconds (an install may still be writing) is read afresh and not
-kept. As with Python's own bytecode cache, an ``entry_points.txt`` edited in place, without reinstalling its
-package, goes unnoticed until something else in its folder changes.
+kept. As with Python's own bytecode cache, an ``entry_points.txt`` rewritten in place goes unnoticed until
+something else in a ``sys.path`` folder changes: an edit by hand, or a legacy ``setup.py develop`` (egg-link)
+project re-installed with changed entry points (its ``.egg-info`` sits in the project, not in site-packages);
+deleting ``~/.cache/suanli/found`` makes the next command read them again. Installs into site-packages (wheels,
+modern editable installs) are always seen.
 
 Only ``os``, ``sys`` and ``time`` (all loaded by every Python start) are imported until an answer must be made.
 """

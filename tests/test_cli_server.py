@@ -311,3 +311,66 @@ def test_request_is_bounded(srv: Path, home: Path) -> None:
         s.settimeout(30)
         assert s.recv(5)[:1] == b"R"
     assert submit(env, home, "--", "true")[1]
+
+
+def test_what_the_first_command_had_does_not_stick_to_the_server(srv: Path, home: Path) -> None:
+    """The server starts from whatever command came first: an ignored SIGCHLD (the kernel would reap every
+    child before its status is read) and an extra open descriptor (a lock, or a pipe a caller waits on for its
+    end) must not stay with it."""
+    env = on(srv)
+    read_end, write_end = os.pipe()
+    first = subprocess.Popen([SUANLI, "submit", "--", "true"], env={**os.environ, **env}, pass_fds=(write_end,),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             preexec_fn=lambda: signal.signal(signal.SIGCHLD, signal.SIG_IGN))
+    os.close(write_end)
+    first.communicate(timeout=120)
+    assert first.returncode == 0
+    wait_for(lambda: server_pids(srv))
+    os.set_blocking(read_end, False)
+
+    def pipe_closed() -> bool:  # end of file: nobody holds the write end any more, the server included
+        try:
+            return os.read(read_end, 1) == b""
+        except BlockingIOError:
+            return False
+
+    wait_for(pipe_closed)
+    os.close(read_end)
+    until_served(env, home)
+    for _ in range(3):
+        assert cli("status", env=env).returncode == 0
+
+
+def test_a_closed_stdin_runs_in_process(srv: Path, home: Path) -> None:
+    env = on(srv)
+    until_served(env, home)
+    proc = subprocess.Popen([SUANLI, "submit", "--", "true"], env={**os.environ, **env}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, preexec_fn=lambda: os.close(0))
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    row = Store(home).get(out.split()[-1])
+    assert row is not None and row.meta["submitter"]["pid"] == proc.pid
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs to pin to one")
+def test_cpu_affinity_is_part_of_the_key(srv: Path, home: Path) -> None:
+    env = on(srv)
+    until_served(env, home)
+    one = min(os.sched_getaffinity(0))
+    proc = subprocess.Popen([SUANLI, "submit", "--", "grep", "Cpus_allowed_list", "/proc/self/status"],
+                            env={**os.environ, **env}, stdout=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: os.sched_setaffinity(0, {one}))
+    out, _ = proc.communicate(timeout=120)
+    jid = out.split()[-1]
+    assert cli("wait", jid, env=env).returncode == 0
+    assert cli("logs", jid, env=env).stdout.split()[-1] == str(one)  # the job was pinned as its submitter was
+    wait_for(lambda: len(list(srv.glob("*.sock"))) == 2)  # and that submitter started a server of its own
+
+
+def test_the_verb_is_found_past_global_options() -> None:
+    from suanli.cli.client import _verb, enabled
+
+    assert _verb(["--config", "c.yaml", "top"]) == "top"
+    assert _verb(["--debug", "status", "--config", "x"]) == "status"
+    assert _verb(["--config"]) is None
+    assert not enabled(["--config", "top", "top"])  # `top` drives the terminal: never served

@@ -180,3 +180,73 @@ def test_quota_stays_checked_and_immutable() -> None:
         Quota(account="lab")
     with pytest.raises(AttributeError):
         q.cpu_hours = 2  # type: ignore[misc]
+
+
+def test_a_local_job_is_reserved_under_its_known_native_id(ledger_url: str | None, home: Path,  # noqa: F811
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """The local backend knows its native id before submitting (``Plan.native_id``): the reservation is made
+    under it, and no second write binds it afterwards (one round trip less on PostgreSQL, after the job's
+    runner has started and competes for the CPU)."""
+    from suanli.api import Client, build_spec
+
+    setup = Ledger(ledger_url, home)
+    setup.set_quota(Quota(account="lab", cpu_hours=100), "admin")
+    setup.close()
+    binds: list[tuple[str, str]] = []
+    real_bind = Ledger.bind
+
+    def bind(self: Ledger, job_id: str, native_id: str) -> None:
+        binds.append((job_id, native_id))
+        real_bind(self, job_id, native_id)
+
+    monkeypatch.setattr(Ledger, "bind", bind)
+    client = Client()
+    plan, _ = client.plan(build_spec(["sleep", "30"], account="lab", time="1h"))
+    assert plan.native_id == plan.job_id
+    job = client.submit(["sleep", "30"], account="lab", time="1h")
+    try:
+        held = client.accounts.ledger.reservations()
+        assert [(r["job_id"], r["native_id"]) for r in held] == [(job.id, job.id)]
+        assert binds == []
+    finally:
+        job.cancel()
+        client.store.close()
+
+
+def test_ended_jobs_are_booked_by_admission_only_when_their_reservation_is_in_the_way(
+        ledger_url: str | None, home: Path) -> None:  # noqa: F811
+    """Jobs that ended unobserved keep their worst-case reservation until someone looks; a submission that fits
+    anyway does not stop to book them (a status call and, on PostgreSQL, a session's first roll-up write), one
+    that would not fit books them and asks again."""
+    from suanli.api import Client
+    from suanli.compute.local.runner import combined, read_state
+
+    setup = Ledger(ledger_url, home)
+    setup.set_quota(Quota(account="lab", cpu_hours=1), "admin")
+    setup.close()
+    client = Client()
+
+    def ended(job_id: str) -> None:  # the runner's own file: no status call, so nothing books the job
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            st = read_state(home / "jobs" / job_id)
+            if st is not None and combined(st) != "ACTIVE":
+                return
+            time.sleep(0.02)
+        raise AssertionError(f"job {job_id} did not end within 60 s")
+
+    try:
+        first = client.submit(["true"], account="lab", time="10m")  # 1/6 cpu-hour at worst
+        ended(first.id)
+        second = client.submit(["true"], account="lab", time="10m")  # fits beside the first's reservation
+        ended(second.id)
+        led = client.accounts.ledger
+        assert sorted(r["job_id"] for r in led.reservations()) == sorted([first.id, second.id])
+        assert led.report(["job"]) == []  # nothing was booked: nothing needed it
+        third = client.submit(["true"], account="lab", time="45m")  # 1/6 + 1/6 + 3/4 > 1: only after booking
+        assert sorted(r["job_id"] for r in led.reservations()) == [third.id]
+        assert sorted(row["job_id"] for row in led.report(["job"])) == sorted([first.id, second.id])
+        with pytest.raises(QuotaExceeded):  # what is left is really used up: refused after booking too
+            client.submit(["true"], account="lab", time="1h")
+    finally:
+        client.store.close()

@@ -195,8 +195,9 @@ class Admission:
                 f"WHERE {' AND '.join(clauses)} GROUP BY accelerator_kind", params)
 
     def admit(self, *, job_id: str, cluster: str, account: str | None, user: str | None, est: Estimate,
-              reserve: bool = True) -> list[Check]:
-        """Check every quota in force and, when all fit, reserve the worst case (atomically)."""
+              reserve: bool = True, native_id: str | None = None) -> list[Check]:
+        """Check every quota in force and, when all fit, reserve the worst case (atomically), under the job's
+        native id when it is known before submission (else :meth:`bind` records it afterwards)."""
         if not account:
             return []
         with self.db.transaction(lock="quota:" + account) as tx:
@@ -217,7 +218,7 @@ class Admission:
                 tx.defer("INSERT INTO reservations (job_id, cluster, native_id, account, user_name, "
                            "accelerator_kind, cpu_seconds, accelerator_seconds, charge, created_at) "
                            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                           (job_id, cluster, None, account, user, est.accelerator_kind,
+                           (job_id, cluster, native_id, account, user, est.accelerator_kind,
                             (est.cpu_hours or 0.0) * 3600, (est.accelerator_hours or 0.0) * 3600, est.charge or 0.0,
                             time.time()))
         return checks

@@ -37,18 +37,53 @@ FORWARDED = ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2")
 #: Whole requests larger than this are refused by the server (argv and environment are bounded by the kernel).
 MAX_REQUEST = 8 << 20
 _NAMESPACES = ("net", "mnt", "pid", "uts", "ipc", "user", "cgroup")
+#: Lines of /proc/self/status that a forked child keeps of its parent (so they must match the client's).
+_INHERITED = (b"Cap", b"NoNewPrivs", b"Seccomp", b"Cpus_allowed:", b"Mems_allowed:")
 
 
 def enabled(argv: Sequence[str]) -> bool:
-    """Whether this command line may go to a server: not turned off, a verb that gains, a plain interpreter."""
-    if os.environ.get("SUANLI_SERVER", "1").strip().lower() in ("0", "off", "no", "false"):
+    """Whether this command line may go to a server: not turned off, a verb that gains, a plain interpreter
+    (its flags all come from the environment, which a server started from here shares), not set-id."""
+    env = os.environ
+    if env.get("SUANLI_SERVER", "1").strip().lower() in ("0", "off", "no", "false"):
         return False
-    verb = next((a for a in argv if not a.startswith("-")), None)
+    verb = _verb(argv)
     if verb is None or verb in IN_PROCESS_VERBS:
         return False
+    if os.getuid() != os.geteuid() or os.getgid() != os.getegid():
+        return False
     flags = sys.flags
-    return not (sys._xoptions or sys.warnoptions or flags.inspect or flags.interactive or flags.no_site
-                or flags.isolated or flags.ignore_environment or flags.dev_mode)
+    if (sys._xoptions or sys.warnoptions or flags.inspect or flags.interactive or flags.no_site
+            or flags.isolated or flags.ignore_environment or flags.dev_mode or flags.bytes_warning or flags.quiet):
+        return False
+    from_env = {"optimize": min(_env_level(env.get("PYTHONOPTIMIZE")), 2),
+                "dont_write_bytecode": bool(env.get("PYTHONDONTWRITEBYTECODE")),
+                "no_user_site": bool(env.get("PYTHONNOUSERSITE")),
+                "verbose": _env_level(env.get("PYTHONVERBOSE")), "safe_path": bool(env.get("PYTHONSAFEPATH"))}
+    return all(int(getattr(flags, name)) == int(value) for name, value in from_env.items())
+
+
+def _env_level(value: str | None) -> int:
+    """How Python reads PYTHONOPTIMIZE and PYTHONVERBOSE: a number, or 1 for any other non-empty text."""
+    if not value:
+        return 0
+    try:
+        return max(int(value), 1)
+    except ValueError:
+        return 1
+
+
+def _verb(argv: Sequence[str]) -> str | None:
+    """The verb: the first word that is neither an option nor the value of ``--config``."""
+    words = iter(argv)
+    for word in words:
+        if word == "--config":
+            next(words, None)
+        elif word == "--":
+            return next(words, None)
+        elif not word.startswith("-"):
+            return word
+    return None
 
 
 def server_dir() -> str:
@@ -79,17 +114,21 @@ def process_key() -> tuple[Any, ...]:
         except OSError:
             spaces.append(None)
     files: list[bytes | None] = []
-    for name in ("/proc/self/cgroup", "/proc/self/limits"):  # the limits as text: no `resource` module to load
+    # The limits as text (no `resource` module to load); from status, what a child inherits of its parent:
+    # CPU and memory-node affinity, capabilities, no-new-privileges and seccomp.
+    for name in ("/proc/self/cgroup", "/proc/self/limits", "/proc/self/status", "/proc/self/oom_score_adj",
+                 "/proc/self/attr/current"):
         try:
             with open(name, "rb") as f:
                 files.append(f.read(65536))
         except OSError:
             files.append(None)
-    cgroup, limits = files
+    cgroup, limits, status, oom, label = files
+    inherited = b"\n".join(line for line in (status or b"").splitlines() if line.startswith(_INHERITED))
     return (PROTOCOL, __version__, sys.executable, sys.version, tuple(sys.path), os.path.dirname(suanli.__file__),
             tuple(sys.flags), sys.getfilesystemencoding(), sys.getfilesystemencodeerrors(), codeset,
             os.getuid(), os.geteuid(), os.getgid(), os.getegid(), tuple(os.getgroups()), tuple(spaces), cgroup,
-            limits, os.getpriority(os.PRIO_PROCESS, 0))
+            limits, inherited, oom, label, os.getpriority(os.PRIO_PROCESS, 0))
 
 
 def socket_path(key: tuple[Any, ...]) -> str:
@@ -135,6 +174,9 @@ def run_remote(argv: Sequence[str]) -> int | None:
     import _socket
 
     sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+    if sock.fileno() <= 2:  # stdin, stdout or stderr is closed: the socket would be handed over as one of them
+        sock.close()
+        return None
     try:
         sock.connect(path)
     except OSError:
@@ -179,7 +221,7 @@ def _converse(sock: Any, path: str, key: tuple[Any, ...], argv: Sequence[str]) -
 
     def forward(num: int, frame: Any) -> None:
         if child:
-            os.kill(child, num)
+            _kill(child, num)
         else:
             pending.append(num)
 
@@ -197,7 +239,7 @@ def _converse(sock: Any, path: str, key: tuple[Any, ...], argv: Sequence[str]) -
             if tag == b"S":
                 child = value
                 for num in pending:
-                    os.kill(child, num)
+                    _kill(child, num)
                 pending.clear()
             elif tag == b"E":
                 return _exit_code(value)
@@ -208,6 +250,15 @@ def _converse(sock: Any, path: str, key: tuple[Any, ...], argv: Sequence[str]) -
     finally:
         for n, handler in previous.items():
             _signal.signal(n, handler)
+        for num in pending:  # caught before any child ran: this process, which runs the command now, takes them
+            os.kill(os.getpid(), num)
+
+
+def _kill(pid: int, num: int) -> None:
+    try:
+        os.kill(pid, num)
+    except OSError:  # it has just ended (its status is on the way)
+        pass
 
 
 def _recv_exact(sock: Any, n: int) -> bytes | None:
@@ -255,6 +306,6 @@ def start_server(path: str, key: tuple[Any, ...]) -> None:
                                         marshal.dumps(key).hex()], os.environ,
                        file_actions=[(os.POSIX_SPAWN_OPEN, 0, "/dev/null", os.O_RDONLY, 0),
                                      (os.POSIX_SPAWN_OPEN, 1, "/dev/null", os.O_WRONLY, 0),
-                                     (os.POSIX_SPAWN_DUP2, 1, 2)], setsid=True)
+                                     (os.POSIX_SPAWN_DUP2, 1, 2)], setsid=True, setsigmask=())
     except OSError:
         pass

@@ -119,8 +119,8 @@ class Server:
             pass
         self.listener.bind(tmp)
         self.listener.listen(64)
+        self.inode = os.stat(tmp).st_ino  # (after the rename, `path` may already be a newer server's)
         os.replace(tmp, path)  # atomically: a client sees the old server or this one, never nothing
-        self.inode = os.stat(path).st_ino
         self.poller = select.poll()
         self.poller.register(self.listener.fileno(), select.POLLIN)
         #: pidfd -> (pid, client connection); connection fd -> pid
@@ -267,8 +267,10 @@ class Server:
             # that is already gone gets nothing run for it. Only this process writes to the connection.
             conn.settimeout(REQUEST_TIMEOUT_S)
             conn.sendall(b"S" + os.getpid().to_bytes(4, "big", signed=True))
+            # This process keeps its end of the connection (close-on-exec: no job inherits it), so a client
+            # whose server dies stays attached, passing signals on, until this command ends.
             _, argv, cwd, env, umask, ignored, streams = request
-            for fd in (*self.children, *self.clients, self.listener.fileno(), conn.fileno()):
+            for fd in (*self.children, *self.clients, self.listener.fileno()):
                 try:
                     os.close(fd)
                 except OSError:
@@ -343,10 +345,30 @@ def _idle_seconds() -> float:
     return min(max(value, 0.1), 86400.0)
 
 
+def _fresh_process() -> None:
+    """Drop what this process inherited from the command that started it and that no child may inherit:
+    descriptors other than stdin/stdout/stderr (a lock, a caller's pipe waiting for end-of-file) and ignored
+    signals (an ignored SIGCHLD would have the kernel reap every child before its status is read)."""
+    for name in os.listdir("/proc/self/fd"):
+        if int(name) > 2:
+            try:
+                os.close(int(name))
+            except OSError:
+                pass
+    for num in signal.valid_signals():
+        if num not in (signal.SIGKILL, signal.SIGSTOP, signal.SIGPIPE) and signal.getsignal(num) == signal.SIG_IGN:
+            try:
+                signal.signal(num, signal.SIG_DFL)
+            except (OSError, ValueError):
+                pass
+    signal.pthread_sigmask(signal.SIG_SETMASK, ())
+
+
 def main(path: str, expected_key: bytes) -> None:
     """Start serving at ``path`` (from ``client.start_server``): load everything, then listen, unless this
     process's key is not the one its client computed (then a child could differ from the client: never serve)."""
     os.chdir("/")
+    _fresh_process()
     key = process_key()
     if marshal.dumps(key) != expected_key:
         return

@@ -83,6 +83,9 @@ class Plan:
     details: dict[str, Any] = field(default_factory=dict)
     #: The routing decision when ``--cluster auto`` chose this plan (``Routed.to_json``), else None.
     routing: dict[str, Any] | None = None
+    #: The id ``submit`` will return, when the backend knows it before submitting (local: the job id). A quota
+    #: reservation is then made with it, and needs no second write to record it once the job is submitted.
+    native_id: str | None = None
 
     def render(self) -> str:
         out = [f"# backend: {self.backend}  cluster: {self.cluster}  job: {self.job_id}",

@@ -86,6 +86,7 @@ class LocalBackend(Backend):
         files["launch.json"] = json.dumps(launch_json, indent=1).encode()
         return Plan(
             job_id=sub.job_id,
+            native_id=sub.job_id,  # what submit returns
             cluster=sub.cluster.name,
             backend=self.name,
             job_dir=job_dir,
