@@ -190,3 +190,27 @@ def test_an_account_name_with_quotes_and_percent_signs_is_locked_and_admitted(le
         led.admit(job_id="j2", cluster="c1", account=odd, user="suanli_admin", est=est())
     assert [(r["job_id"], r["account"]) for r in led.reservations()] == [("j1", odd)]
     led.close()
+
+
+def test_sqlite_admission_reads_only_the_records_near_the_window_ends(home: Path) -> None:
+    """The window-end corrections take each OR-ed range as its own (account, day) index range on SQLite. With the
+    account outside the OR-ed terms, SQLite read every record of the account instead: at 1M records admission
+    went from 0.33 to 2.9 ms, as slow as the full sums the roll-ups replace."""
+    import time
+
+    from suanli.accounting import rollups
+
+    led = Ledger(None, home)
+    led.db.connect()
+    q = Quota(account="lab", user="u1", cpu_hours=1)
+    win = q.window(time.time())
+    assert win is not None
+    statements = rollups._edge_sql("sqlite", [("account", "lab"), ("user_name", "u1")], win[1], win[2])
+    assert statements
+    conn = led.db._conn
+    assert isinstance(conn, sqlite3.Connection)
+    for sql, params in statements:
+        plan = [str(row[3]) for row in conn.execute("EXPLAIN QUERY PLAN " + sql, params)]
+        searches = [p for p in plan if p.startswith(("SEARCH", "SCAN"))]
+        assert searches and all("usage_by_day_end (account=? AND day>? AND day<?)" in p for p in searches), plan
+    led.close()

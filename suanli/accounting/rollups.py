@@ -146,7 +146,8 @@ def _edge_sql(dialect: str, filters: Sequence[tuple[str, object]], lo: float,
             f"CASE WHEN {' AND '.join(in_days)} THEN 1 ELSE 0 END)")
     sums = ", ".join(f"{sign} * {micro(dialect, c)}" for c in ("cpu_seconds", "accelerator_seconds", "charge"))
     where = " AND ".join(f"{c} = ?" for c, _ in filters)
-    head = [*params_w, *params_d] * 3 + [v for _, v in filters]
+    case_params = [*params_w, *params_d] * 3
+    head = [*case_params, *(v for _, v in filters)]
     horizon = time.time() + (_TZ_SPREAD_DAYS + 1) * 86400
     ranges: list[str] = []
     params: list[object] = []
@@ -162,6 +163,14 @@ def _edge_sql(dialect: str, filters: Sequence[tuple[str, object]], lo: float,
     # One scan with the ranges OR-ed (each an index range), not one subquery per range: the statement is planned
     # on every admission, and four copies of the sums cost more to plan than to run. A record in two ranges
     # (a window of a few days) is on the same side of both ends in both its day and its end time, so its sign
-    # is 0 and counting it once instead of twice changes nothing.
+    # is 0 and counting it once instead of twice changes nothing. SQLite takes each OR-ed term as an index range
+    # only when the term names the index's first column itself: there the filters go into every term (else it
+    # reads all of the account's records); PostgreSQL combines the ranges under the shared filters by itself.
+    if dialect == "sqlite":
+        per = [f"({where} AND {r[1:]}" for r in ranges]
+        values = [v for _, v in filters]
+        spread = [x for i in range(len(ranges)) for x in (*values, *params[3 * i:3 * i + 3])]
+        return [(f"SELECT accelerator_kind, 0 AS jobs, {sums} FROM usage_records WHERE {' OR '.join(per)}",
+                 [*case_params, *spread])]
     return [(f"SELECT accelerator_kind, 0 AS jobs, {sums} FROM usage_records WHERE {where} "
              f"AND ({' OR '.join(ranges)})", [*head, *params])]
