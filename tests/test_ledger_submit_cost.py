@@ -107,9 +107,37 @@ def test_an_admission_is_three_round_trips_for_any_number_of_quotas(ledger_url: 
     if ledger_url is not None:
         assert len(db.sent) == 3, db.sent
         assert db.sent[0].startswith("BEGIN; SELECT pg_advisory_xact_lock") and "FROM quotas" in db.sent[0]
-        assert db.sent[1].startswith("WITH s0 ")
+        assert " PREPARE suanli_" in db.sent[1] and " AS WITH s0 " in db.sent[1]  # prepared as it first runs
         assert db.sent[2].startswith("INSERT INTO reservations") and db.sent[2].endswith("; COMMIT"), db.sent
     assert [r["job_id"] for r in led.reservations()] == ["j1"]
+    db.sent.clear()
+    again = led.admit(job_id="j2", cluster="c1", account="lab", user="suanli_admin", est=est())
+    assert [(c.used, c.reserved) for c in again] == [(c.used, c.reserved + c.need) for c in checks]
+    if ledger_url is not None:  # then only run: planned once per connection
+        assert len(db.sent) == 3 and "EXECUTE suanli_" in db.sent[1] and "PREPARE" not in db.sent[1], db.sent
+    led.close()
+
+
+def test_prepared_sums_are_let_go_past_the_limit_and_after_a_reconnect(ledger_url: str | None, home: Path,  # noqa: F811
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Admission's statement differs with the quotas that apply: past MAX_PREPARED shapes a connection lets
+    every prepared one go and starts again; a new connection prepares afresh. The answers never change."""
+    from suanli.accounting import tx as txmod
+
+    monkeypatch.setattr(txmod, "MAX_PREPARED", 1)
+    led = Ledger(ledger_url, home)
+    led.set_quota(Quota(account="a1", cpu_hours=100), "admin")
+    led.set_quota(Quota(account="a2", cpu_hours=100), "admin")
+    led.set_quota(Quota(account="a2", user="u9", charge=50), "admin")  # a second shape: two windows
+    for round_ in range(2):
+        for account in ("a1", "a2", "a1"):
+            checks = led.admit(job_id=f"{account}-{round_}-{len(led.reservations())}", cluster="c1",
+                               account=account, user="u9", est=est(), reserve=False)
+            assert checks and all(c.fits and c.used == 0 and c.reserved == 0 for c in checks)
+        if ledger_url is not None:
+            assert len(led.db._prepared) == 1
+        led.db.close()  # the next admission connects again: nothing is prepared there yet
+        assert led.db._prepared == {}
     led.close()
 
 

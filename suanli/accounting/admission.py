@@ -160,7 +160,8 @@ class Admission:
         sums = ", ".join(f"CAST({c} AS DOUBLE PRECISION)" for c in "abc")
         union = " UNION ALL ".join(f"SELECT {i}, kind, {sums} FROM s{i}" for i in range(len(parts)))
         out: list[_Sums] = [{} for _ in parts]
-        for i, kind, *values in tx.all(f"WITH {ctes} {union}", [p for _, params, _ in parts for p in params]):
+        for i, kind, *values in tx.all_prepared(f"WITH {ctes} {union}",
+                                                [p for _, params, _ in parts for p in params]):
             unit = parts[i][2]
             old = out[i].get(kind or None, (0.0, 0.0, 0.0))
             out[i][kind or None] = tuple(o + float(v or 0) * unit for o, v in zip(old, values, strict=True))

@@ -101,6 +101,8 @@ class Database:
             raise LedgerError(f"ledger: {redact(url)!r} is not a ledger URL; use postgresql://USER@HOST:PORT/DB "
                               "or sqlite:///PATH (settings.yaml `ledger:` or $SUANLI_LEDGER_URL)")
         self._conn: Any = None
+        #: PostgreSQL: the statements prepared on this connection (Tx.all_prepared); a new connection has none.
+        self._prepared: dict[str, str] = {}
         self._lock = threading.RLock()
         self._user: str | None = None
         self._may_rewrite: bool | None = None
@@ -122,6 +124,7 @@ class Database:
             self._conn = self._connect_sqlite()
         else:
             self._conn = self._connect_pg()
+            self._prepared = {}
         self._migrate()
         if self.read_only:
             # A copy of a ledger this process cannot write: reports read it, every write is refused (a quota
@@ -209,6 +212,7 @@ class Database:
                 self._conn.close()
             finally:
                 self._conn = None
+                self._prepared = {}
 
     # ------------------------------------------------------------ migrations
     def _version(self, tx: Tx) -> int:
@@ -306,7 +310,7 @@ class Database:
         import psycopg2.errors
         import psycopg2.extensions
 
-        tx = Tx(conn.cursor(), "postgresql", single)
+        tx = Tx(conn.cursor(), "postgresql", single, self._prepared)
         if not single:
             # BEGIN and the lock travel with the transaction's first statement: one round trip for the three.
             tx.begin = "BEGIN; "

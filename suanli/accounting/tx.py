@@ -32,14 +32,34 @@ def _statements(script: str) -> list[str]:
 
 
 _QMARK = re.compile(r"\?")
+#: Prepared statements kept per connection; past this they are all let go (admission's text varies with the
+#: quotas that apply, so a portal serving many accounts would otherwise keep one per shape forever).
+MAX_PREPARED = 64
+
+
+class _Counter:
+    """Names that never repeat on a connection (a statement let go is never confused with a new one)."""
+
+    def __init__(self) -> None:
+        self.n = 0
+
+    def next(self) -> int:
+        self.n += 1
+        return self.n
+
+
+_COUNTER = _Counter()
 
 
 class Tx:
     """A cursor that takes ``?`` placeholders on both databases."""
 
-    def __init__(self, cur: Any, dialect: str, single: bool = False) -> None:
+    def __init__(self, cur: Any, dialect: str, single: bool = False,
+                 prepared: dict[str, str] | None = None) -> None:
         self.cur = cur
         self.dialect = dialect
+        #: PostgreSQL: this connection's prepared statements, by their ``?`` text (``all_prepared``).
+        self.prepared = prepared
         #: PostgreSQL: the BEGIN (and lock) not sent yet; it travels with the transaction's first statement.
         self.begin = ""
         self.single = single  # one statement only, sent without BEGIN/COMMIT (PostgreSQL)
@@ -95,6 +115,28 @@ class Tx:
 
     def all(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         self.execute(sql, params)
+        return list(self.cur.fetchall())
+
+    def all_prepared(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        """``all`` for a statement a long-lived process sends again and again (admission's sums, whose planning
+        costs more than running them): on PostgreSQL it is prepared once per connection, in the same round
+        trip as its first run, and run with one generic plan, so it is planned once, not every time."""
+        if self.dialect == "sqlite" or self.prepared is None or self.single:
+            return self.all(sql, params)
+        name = self.prepared.get(sql)
+        args = f"({', '.join(['%s'] * len(params))})" if params else ""
+        # SET LOCAL lasts until this transaction ends: other statements keep PostgreSQL's own choice of plan.
+        head = "SET LOCAL plan_cache_mode = force_generic_plan; "
+        if name is None:
+            if len(self.prepared) >= MAX_PREPARED:
+                head += "DEALLOCATE ALL; "
+                self.prepared.clear()
+            name = f"suanli_{len(self.prepared)}_{_COUNTER.next()}"
+            numbered = iter(range(1, len(params) + 1))
+            body = _QMARK.sub(lambda _: f"${next(numbered)}", sql).replace("%", "%%")
+            head += f"PREPARE {name} AS {body}; "
+        self.cur.execute(self._begun(f"{head}EXECUTE {name}{args}", True), tuple(params))
+        self.prepared[sql] = name  # PREPARE outlives a rolled-back transaction: it stays usable
         return list(self.cur.fetchall())
 
     @property
