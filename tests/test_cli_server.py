@@ -374,3 +374,27 @@ def test_the_verb_is_found_past_global_options() -> None:
     assert _verb(["--debug", "status", "--config", "x"]) == "status"
     assert _verb(["--config"]) is None
     assert not enabled(["--config", "top", "top"])  # `top` drives the terminal: never served
+
+
+def test_ctrl_z_stops_the_served_command_and_fg_resumes_it(srv: Path, home: Path) -> None:
+    env, jid, waiter, _, child = waiting(srv, home)
+
+    def state(pid: int) -> str:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+
+    waiter.send_signal(signal.SIGTSTP)
+    wait_for(lambda: state(waiter.pid) == "T" and state(child) == "T",
+             what=lambda: f"client {state(waiter.pid)}, child {state(child)}")
+    waiter.send_signal(signal.SIGCONT)
+    wait_for(lambda: state(waiter.pid) != "T" and state(child) != "T",
+             what=lambda: f"client {state(waiter.pid)}, child {state(child)}")
+    assert cli("cancel", jid, env=env).returncode == 0
+    waiter.communicate(timeout=60)
+    assert waiter.returncode == 1  # the waited job was cancelled: it did not complete
+
+
+def test_the_environment_a_process_loads_with_is_part_of_the_key(srv: Path, home: Path) -> None:
+    env = on(srv)
+    until_served(env, home)
+    until_served({**env, "MALLOC_ARENA_MAX": "2"}, home)  # read by the C library when a process starts
+    wait_for(lambda: len(list(srv.glob("*.sock"))) == 2)

@@ -37,6 +37,8 @@ FORWARDED = ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2")
 #: Whole requests larger than this are refused by the server (argv and environment are bounded by the kernel).
 MAX_REQUEST = 8 << 20
 _NAMESPACES = ("net", "mnt", "pid", "uts", "ipc", "user", "cgroup")
+#: Environment read once, when a process starts and loads its libraries: a child has the server's.
+_PROCESS_ENV = ("LD_PRELOAD", "LD_LIBRARY_PATH", "PYTHONHOME", "PYTHONMALLOC", "PYTHONHASHSEED", "MALLOC_ARENA_MAX")
 #: Lines of /proc/self/status that a forked child keeps of its parent (so they must match the client's).
 _INHERITED = (b"Cap", b"NoNewPrivs", b"Seccomp", b"Cpus_allowed:", b"Mems_allowed:")
 
@@ -128,7 +130,8 @@ def process_key() -> tuple[Any, ...]:
     return (PROTOCOL, __version__, sys.executable, sys.version, tuple(sys.path), os.path.dirname(suanli.__file__),
             tuple(sys.flags), sys.getfilesystemencoding(), sys.getfilesystemencodeerrors(), codeset,
             os.getuid(), os.geteuid(), os.getgid(), os.getegid(), tuple(os.getgroups()), tuple(spaces), cgroup,
-            limits, inherited, oom, label, os.getpriority(os.PRIO_PROCESS, 0))
+            limits, inherited, oom, label, os.getpriority(os.PRIO_PROCESS, 0), os.uname().nodename,
+            tuple(os.environ.get(name) for name in _PROCESS_ENV))
 
 
 def socket_path(key: tuple[Any, ...]) -> str:
@@ -225,7 +228,19 @@ def _converse(sock: Any, path: str, key: tuple[Any, ...], argv: Sequence[str]) -
         else:
             pending.append(num)
 
+    def suspend(num: int, frame: Any) -> None:
+        """Ctrl-Z: the child stops with this process, and goes on when it does (a shell's `fg`)."""
+        if child:
+            _kill(child, _signal.SIGSTOP)
+        _signal.signal(_signal.SIGTSTP, _signal.SIG_DFL)
+        os.kill(os.getpid(), _signal.SIGTSTP)  # stops here until SIGCONT
+        _signal.signal(_signal.SIGTSTP, suspend)
+        if child:
+            _kill(child, _signal.SIGCONT)
+
     previous = {n: _signal.signal(n, forward) for n, ignored in signals.items() if not ignored}
+    if _signal.getsignal(_signal.SIGTSTP) == _signal.SIG_DFL:
+        previous[_signal.SIGTSTP] = _signal.signal(_signal.SIGTSTP, suspend)
     try:
         while True:
             frame = _recv_exact(sock, 5)
