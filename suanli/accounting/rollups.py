@@ -154,10 +154,13 @@ def _edge_sql(dialect: str, filters: Sequence[tuple[str, object]], lo: float,
     for bound, day in ((lo, d0), (hi, d1)):
         if not isinstance(day, str) or bound > horizon:
             continue
-        for when, span in (("end_time >= ?", [_shift_day(day, -_TZ_SPREAD_DAYS), day]),
-                           ("end_time < ?", [day, _shift_day(day, _TZ_SPREAD_DAYS + 1)])):
-            ranges.append(f"(day >= ? AND day < ? AND {when})")
-            params += [*span, bound]
+        # Each day by name, so the index reads, for each, only the records past the end (end_time is the index's
+        # next column): with a range of days it read every record of those days, a few thousand a day at a
+        # centre, to find the handful written across a midnight.
+        for when, days in (("end_time >= ?", [_shift_day(day, -k) for k in range(_TZ_SPREAD_DAYS, 0, -1)]),
+                           ("end_time < ?", [_shift_day(day, k) for k in range(_TZ_SPREAD_DAYS + 1)])):
+            ranges.append(f"(day IN ({', '.join('?' * len(days))}) AND {when})")
+            params += [*days, bound]
     if not ranges:
         return []
     # One scan with the ranges OR-ed (each an index range), not one subquery per range: the statement is planned
@@ -169,7 +172,12 @@ def _edge_sql(dialect: str, filters: Sequence[tuple[str, object]], lo: float,
     if dialect == "sqlite":
         per = [f"({where} AND {r[1:]}" for r in ranges]
         values = [v for _, v in filters]
-        spread = [x for i in range(len(ranges)) for x in (*values, *params[3 * i:3 * i + 3])]
+        spread: list[object] = []
+        taken = 0
+        for r in ranges:
+            width = r.count("?")
+            spread += [*values, *params[taken:taken + width]]
+            taken += width
         return [(f"SELECT accelerator_kind, 0 AS jobs, {sums} FROM usage_records WHERE {' OR '.join(per)}",
                  [*case_params, *spread])]
     return [(f"SELECT accelerator_kind, 0 AS jobs, {sums} FROM usage_records WHERE {where} "
