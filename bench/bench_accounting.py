@@ -25,7 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -188,6 +188,36 @@ def plot(paths: list[Path], png: Path) -> None:
     print(f"wrote {png}")
 
 
+def split(n: int, tmp: str | None) -> None:
+    """Where SQLite ingest's time goes, for ``n`` records: parsing alone, storing rows already parsed (the
+    database side alone), and the two together as a sync runs them (parsing in a thread while storing)."""
+    import shutil
+
+    lines = list(sacct_lines(n))
+    t = time.perf_counter()
+    parsed = list(usage_rows(iter(lines), "bench", stats=ParseStats(track=set())))
+    parse_s = time.perf_counter() - t
+    out = {"records": n, "parse_rps": n / parse_s}
+    sources: dict[str, Callable[[], Iterator[tuple[object, ...]]]] = {
+        "store_rps": lambda: iter(parsed),
+        "sync_rps": lambda: usage_rows(iter(lines), "bench", stats=ParseStats(track=set())),
+    }
+    with tempfile.TemporaryDirectory(dir=tmp) as folder:
+        for label, source in sources.items():
+            home = Path(folder) / label
+            led = Ledger(None, home)
+            t = time.perf_counter()
+            stored = led.record_rows(source())
+            out[label] = stored / (time.perf_counter() - t)
+            led.close()
+            shutil.rmtree(home)
+    for key, what in (("parse_rps", "parsing alone"), ("store_rps", "storing parsed rows (the database side alone)"),
+                      ("sync_rps", "both, as a sync runs them")):
+        row(f"SQLite, {n:,} records: {what}", f"{out[key]:,.0f} rec/s", f"{1e6 / out[key]:.1f} us/record")
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"ingest-split-{n}.json").write_text(json.dumps(out, indent=1))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--records", default="1000000", help="comma-separated sizes, e.g. 1000000,10000000")
@@ -196,12 +226,17 @@ def main() -> None:
     ap.add_argument("--tmp", help="where the sacct text and the SQLite ledger go (default: the system's)")
     ap.add_argument("--plot", action="store_true", help="plot bench/results/ledger-*.json to bench/ledger_scale.png")
     ap.add_argument("--tag", help="added to the results file's name (ledger-N-STAMP-TAG.json)")
+    ap.add_argument("--split", type=int, metavar="N",
+                    help="SQLite only: time parsing, storing and both for N records (where ingest's time goes)")
     ap.add_argument("--child-ingest")
     ap.add_argument("--home")
     ap.add_argument("--url")
     args = ap.parse_args()
     if args.child_ingest:
         child_ingest(args.child_ingest, args.url, args.home)
+        return
+    if args.split:
+        split(args.split, args.tmp)
         return
     if args.plot:
         plot(sorted(RESULTS.glob("ledger-*.json")), Path(__file__).resolve().parent / "ledger_scale.png")
