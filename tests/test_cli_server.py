@@ -217,11 +217,14 @@ def test_ctrl_c_reaches_the_served_command(srv: Path, home: Path) -> None:
     assert cli("cancel", jid, env=env).returncode == 0
 
 
-def test_a_killed_client_takes_its_command_with_it(srv: Path, home: Path) -> None:
-    env, jid, waiter, server, _ = waiting(srv, home)
+@pytest.mark.parametrize("hangup", ["default", "ignored"])
+def test_a_killed_client_takes_its_command_with_it(srv: Path, home: Path, hangup: str) -> None:
+    """SIGHUP, as a closed terminal would send; for a client that ignored it (nohup), SIGTERM."""
+    env, jid, waiter, server, _ = waiting(srv, home, preexec_fn=lambda: signal.signal(
+        signal.SIGHUP, signal.SIG_IGN if hangup == "ignored" else signal.SIG_DFL))
     waiter.kill()
     waiter.communicate(timeout=30)
-    wait_for(lambda: not children(server))  # SIGHUP, as a closed terminal would send
+    wait_for(lambda: not children(server))
     assert server_pids(srv) == [server]
     assert cli("cancel", jid, env=env).returncode == 0
 
@@ -377,7 +380,9 @@ def test_the_verb_is_found_past_global_options() -> None:
 
 
 def test_ctrl_z_stops_the_served_command_and_fg_resumes_it(srv: Path, home: Path) -> None:
-    env, jid, waiter, _, child = waiting(srv, home)
+    # A process group of its own, as a shell's job: the kernel discards a terminal stop sent to an orphaned
+    # group (pytest's may be one, under nohup or CI), and then the client rightly does not stop its child.
+    env, jid, waiter, _, child = waiting(srv, home, process_group=0)
 
     def state(pid: int) -> str:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]

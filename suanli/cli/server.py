@@ -126,6 +126,8 @@ class Server:
         #: pidfd -> (pid, client connection); connection fd -> pid
         self.children: dict[int, tuple[int, socket.socket]] = {}
         self.clients: dict[int, int] = {}
+        #: pid -> the signal that ends it if its client disappears
+        self.ends: dict[int, int] = {}
         self.last_active = time.monotonic()
 
     # ------------------------------------------------------------------ the loop
@@ -219,6 +221,10 @@ class Server:
             pidfd = os.pidfd_open(pid)  # works (checked at start); the child may already have ended
             self.children[pidfd] = (pid, conn)
             self.clients[conn.fileno()] = pid
+            # On the client's disappearance: a hang-up, or, for a client that ignored one (nohup), an end
+            # all the same (the command would have gone with its process).
+            self.ends[pid] = next((n for n in (signal.SIGHUP, signal.SIGTERM) if not request[5].get(n)),
+                                  signal.SIGKILL)
             self.poller.register(pidfd, select.POLLIN)
             self.poller.register(conn.fileno(), select.POLLIN | select.POLLHUP)
         finally:
@@ -234,6 +240,7 @@ class Server:
 
     def reap(self, pidfd: int) -> None:
         pid, conn = self.children.pop(pidfd)
+        self.ends.pop(pid, None)
         self.poller.unregister(pidfd)
         os.close(pidfd)
         try:
@@ -250,11 +257,12 @@ class Server:
         conn.close()
 
     def hang_up(self, fd: int) -> None:
-        """The client left before its child ended: the child gets what a closed terminal would send."""
+        """The client left before its child ended: the child gets what a closed terminal would send (SIGHUP),
+        or SIGTERM, or SIGKILL, whichever its client did not ignore."""
         pid = self.clients.pop(fd)
         self.poller.unregister(fd)
         try:
-            os.kill(pid, signal.SIGHUP)
+            os.kill(pid, self.ends.get(pid, signal.SIGHUP))
         except ProcessLookupError:
             pass
 
