@@ -214,11 +214,6 @@ def _converse(sock: Any, path: str, key: tuple[Any, ...], argv: Sequence[str]) -
         return None
     if len(request) > MAX_REQUEST:
         return None
-    fds = b"".join(fd.to_bytes(4, sys.byteorder) for fd in (0, 1, 2))
-    try:
-        sock.sendmsg([len(request).to_bytes(8, "big"), request], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, fds)])
-    except OSError:  # a closed stdin/stdout/stderr cannot be passed; a server that went away
-        return None
     child = 0
     pending: list[int] = []
 
@@ -238,10 +233,18 @@ def _converse(sock: Any, path: str, key: tuple[Any, ...], argv: Sequence[str]) -
         if child:
             _kill(child, _signal.SIGCONT)
 
+    # In place before the request leaves: a signal from then on is passed on (or, until the child's pid is
+    # known, held), never taken by this process while a child may already be running the command.
     previous = {n: _signal.signal(n, forward) for n, ignored in signals.items() if not ignored}
     if _signal.getsignal(_signal.SIGTSTP) == _signal.SIG_DFL:
         previous[_signal.SIGTSTP] = _signal.signal(_signal.SIGTSTP, suspend)
+    fds = b"".join(fd.to_bytes(4, sys.byteorder) for fd in (0, 1, 2))
     try:
+        try:
+            sock.sendmsg([len(request).to_bytes(8, "big"), request],
+                         [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, fds)])
+        except OSError:  # a closed stdin/stdout/stderr cannot be passed; a server that went away
+            return None
         while True:
             frame = _recv_exact(sock, 5)
             if frame is None:
