@@ -186,13 +186,15 @@ def test_dcu_job_end_to_end_on_slurm(dcu_client: Any, home: Path, monkeypatch: p
     script = (Path(dcu_client.store.get(job.id).job_dir) / "job.sh").read_text()
     assert "GRES=dcu:" in script and 'export HIP_VISIBLE_DEVICES="$SUANLI_ACCELERATOR_IDS"' in script
     # Booked from sacct's AllocTRES gres/dcu=2: accelerator kind dcu, 2 DCUs x the elapsed time.
+    # slurmdbd may have the job's end before the rest of its record (its partition): a record booked then is
+    # rewritten whole by the next sync (an upsert on the record id), so wait for the partition to be there.
     ledger = Ledger(None, home)
     deadline = time.time() + 90
     while True:
         dcu_client.accounts.sync("testslurm-dcu", since=time.time() - 3600)
         with ledger.db.transaction() as tx:
             row = tx.one("SELECT accelerator_kind, accelerators, accelerator_seconds, elapsed_s, charge "
-                         "FROM usage_records WHERE job_id = ?", (job.id,))
+                         "FROM usage_records WHERE job_id = ? AND partition_name IS NOT NULL", (job.id,))
         if row is not None or time.time() > deadline:
             break
         time.sleep(1)
