@@ -5,6 +5,7 @@ migration script into statements."""
 from __future__ import annotations
 
 import io
+import itertools
 import math
 import re
 from collections.abc import Iterable, Sequence
@@ -37,18 +38,8 @@ _QMARK = re.compile(r"\?")
 MAX_PREPARED = 64
 
 
-class _Counter:
-    """Names that never repeat on a connection (a statement let go is never confused with a new one)."""
-
-    def __init__(self) -> None:
-        self.n = 0
-
-    def next(self) -> int:
-        self.n += 1
-        return self.n
-
-
-_COUNTER = _Counter()
+#: Names that never repeat on a connection (a statement let go is never confused with a new one).
+_NAMES = itertools.count(1)
 
 
 class Tx:
@@ -131,7 +122,7 @@ class Tx:
             if len(self.prepared) >= MAX_PREPARED:
                 head += "DEALLOCATE ALL; "
                 self.prepared.clear()
-            name = f"suanli_{len(self.prepared)}_{_COUNTER.next()}"
+            name = f"suanli_{len(self.prepared)}_{next(_NAMES)}"
             numbered = iter(range(1, len(params) + 1))
             body = _QMARK.sub(lambda _: f"${next(numbered)}", sql).replace("%", "%%")
             head += f"PREPARE {name} AS {body}; "

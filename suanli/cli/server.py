@@ -233,7 +233,7 @@ class Server:
 
     def refuse(self, conn: socket.socket, why: int) -> None:
         try:
-            conn.sendall(b"R" + why.to_bytes(4, "big", signed=True))
+            conn.sendall(_frame(b"R", why))
         except OSError:
             pass
         conn.close()
@@ -251,7 +251,7 @@ class Server:
         if self.clients.pop(conn.fileno(), None) is not None:
             self.poller.unregister(conn.fileno())
             try:
-                conn.sendall(b"E" + status.to_bytes(4, "big", signed=True))
+                conn.sendall(_frame(b"E", status))
             except OSError:
                 pass
         conn.close()
@@ -274,7 +274,7 @@ class Server:
             # The client learns this pid (to pass signals on) before anything of its command runs; a client
             # that is already gone gets nothing run for it. Only this process writes to the connection.
             conn.settimeout(REQUEST_TIMEOUT_S)
-            conn.sendall(b"S" + os.getpid().to_bytes(4, "big", signed=True))
+            conn.sendall(_frame(b"S", os.getpid()))
             # This process keeps its end of the connection (close-on-exec: no job inherits it), so a client
             # whose server dies stays attached, passing signals on, until this command ends.
             _, argv, cwd, env, umask, ignored, streams = request
@@ -319,6 +319,11 @@ class Server:
             traceback.print_exc()
             code = 1
         finish(code, join_threads=True)
+
+
+def _frame(tag: bytes, value: int) -> bytes:
+    """One message to the client: S (the child's pid), E (its wait status) or R (refused, and why)."""
+    return tag + value.to_bytes(4, "big", signed=True)
 
 
 def _stdio(streams: list[tuple[str, str, bool, bool] | None]) -> None:
