@@ -2,7 +2,8 @@
 
 Prints, each against a baseline measured in the same run, and writes the figures to bench/results/*.json:
 - sync ingest from sacct --parsable2 text through the real `accounting sync` path (streamed, tracking only the
-  ids that hold reservations) in records/s and the child's peak RSS (goals >= 50,000/s, <= 300 MB) vs parsing;
+  ids that hold reservations; on SQLite the bulk session and its writer process) in records/s and the peak
+  RSS of the ingest process and of its writer (goals >= 50,000/s, <= 300 MB) vs parsing;
 - every `suanli usage --by KEY` report (served by the roll-ups; goal < 500 ms) vs the records' GROUP BY scan,
   and `usage --by month` / `--by account` as whole processes;
 - one admission check (quota sums from the roll-ups; goal < 2 ms) vs the records' scan it replaced.
@@ -14,6 +15,7 @@ Prints, each against a baseline measured in the same run, and writes the figures
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import itertools
 import json
@@ -36,7 +38,7 @@ from _util import median_s, pg_admin  # noqa: E402
 from suanli.accounting.estimate import worst_case  # noqa: E402
 from suanli.accounting.ledger import Ledger  # noqa: E402
 from suanli.accounting.quota import Quota  # noqa: E402
-from suanli.accounts_slurm import FIELDS, ParseStats, usage_rows  # noqa: E402
+from suanli.accounts_slurm import FIELDS, Booking, ParseStats, book_lines, usage_rows  # noqa: E402
 from suanli.jobs.resources import Resources  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -75,12 +77,14 @@ def child_ingest(path: str, url: str | None, home: str) -> None:
     """Runs in a fresh process so its peak RSS is the ingest's own; parses as `accounting sync` does (tracking
     only the ids that hold reservations: none here)."""
     led = Ledger(url, Path(home))
+    booking = Booking("bench", "bench")
     t = time.perf_counter()
-    with open(path) as fh:
-        n = led.record_rows(usage_rows(fh, "bench", stats=ParseStats(track=set())))  # what a sync runs
+    with open(path) as fh, led.booking(booking) or contextlib.nullcontext() as session:
+        n = book_lines(led, session, fh, booking, ParseStats(track=set()))  # what a sync runs
     dt = time.perf_counter() - t
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"{n} {dt} {rss_mb}")
+    writer_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # the SQLite sync's writer process
+    print(f"{n} {dt} {rss_mb} {writer_mb}")
     led.close()
 
 
@@ -93,12 +97,14 @@ def bench_db(label: str, url: str | None, home: Path, text: Path, n: int, parse_
     print(f"\n== {label}: {n:,} records")
     r = subprocess.run([sys.executable, __file__, "--child-ingest", str(text), "--home", str(home),
                         *(["--url", url] if url else [])], capture_output=True, text=True, env=env, check=True)
-    stored, ingest_s, rss = r.stdout.split()
+    stored, ingest_s, rss, writer_rss = r.stdout.split()
     out: dict[str, Any] = {"engine": label, "records": n, "parse_rps": parse_rps,
-                           "ingest_rps": int(stored) / float(ingest_s), "ingest_rss_mb": float(rss)}
+                           "ingest_rps": int(stored) / float(ingest_s), "ingest_rss_mb": float(rss),
+                           "writer_rss_mb": float(writer_rss)}
     row("parse only (the floor)", f"{parse_rps:,.0f} rec/s")
     row("sync ingest (parse + store + roll-ups)", f"{out['ingest_rps']:,.0f} rec/s",
-        f"peak RSS {float(rss):.0f} MB  ({out['ingest_rps'] / parse_rps:.2f}x parse only)")
+        f"peak RSS {float(rss):.0f} MB{f', its writer {float(writer_rss):.0f} MB' if float(writer_rss) else ''}  "
+        f"({out['ingest_rps'] / parse_rps:.2f}x parse only)")
     led = Ledger(url, home)
     assert sum(x["jobs"] for x in led.report(["account", "month"])) == n, "the report does not add up"
 

@@ -4,15 +4,17 @@ because it is the one place where the ledger meets the Slurm backend's commands 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import re
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from suanli.accounting.bulk import Booking, BookingSession, Rate
 from suanli.accounting.records import UsageRecord, charge_of
 from suanli.compute.config import ClusterConfig
 from suanli.compute.slurm.sacct_usage import FIELDS, ParseStats, allocation_tuples
@@ -23,8 +25,8 @@ if TYPE_CHECKING:
     from suanli.api import Client
     from suanli.compute.slurm.backend import SlurmBackend
 
-__all__ = ["FIELDS", "SYNC_WINDOW_S", "ParseStats", "Rates", "SlurmAccounting", "SyncResult", "no_rates",
-           "parse_usage", "usage_rows"]
+__all__ = ["FIELDS", "SYNC_WINDOW_S", "Booking", "ParseStats", "Rates", "SlurmAccounting", "SyncResult", "book_lines",
+           "no_rates", "parse_usage", "usage_rows"]
 
 #: sacct is read in windows of this many seconds, so a centre's years of history stream in pieces.
 SYNC_WINDOW_S = 86400.0
@@ -130,16 +132,16 @@ class SlurmAccounting:
         stats = ParseStats(track=set(natives) | reserved)
         # A job no suanli of this registry submitted shows under one config of the cluster, always the same.
         owner = next((c for c in siblings if c.name == key.removeprefix("slurm:")), siblings[0])
-        rates = {c.name: _rates(c) for c in siblings}
+        booking = Booking(key, owner.name, {c.name: _rate_table(c) for c in siblings}, natives)
         total = 0
         lo = since
-        while lo < until:
-            hi = min(lo + SYNC_WINDOW_S, until)
-            argv = ["-S", _sacct_time(lo), "-E", _sacct_time(hi)] + (["--allusers"] if all_users else [])
-            lines = self._sacct(cfg, argv)
-            parsed = usage_rows(lines, owner.name, rates[owner.name], stats=stats, key=key)
-            total += self.ledger.record_rows(self._submitters(parsed, natives, owner.name, rates))
-            lo = hi
+        session = self.ledger.booking(booking)
+        with session or contextlib.nullcontext():
+            while lo < until:
+                hi = min(lo + SYNC_WINDOW_S, until)
+                argv = ["-S", _sacct_time(lo), "-E", _sacct_time(hi)] + (["--allusers"] if all_users else [])
+                total += book_lines(self.ledger, session, self._sacct(cfg, argv), booking, stats)
+                lo = hi
         done = stats.booked_jobs - stats.open_jobs
         release_jobs = sorted({natives[n][0] for n in done if n in natives}
                               - {natives[n][0] for n in stats.open_jobs if n in natives})
@@ -149,27 +151,6 @@ class SlurmAccounting:
         self.ledger.set_mark(key, scope, until)
         return SyncResult(cfg.name, "slurm", since, until, total, stats.bad, len(stats.open_jobs),
                           tuple(sorted(stats.unknown_states)), len(release_jobs))
-
-    @staticmethod
-    def _submitters(rows: Iterator[tuple[object, ...]], natives: dict[str, tuple[str, str]], owner: str,
-                    rates: dict[str, Any]) -> Iterator[tuple[object, ...]]:
-        """Records (ledger rows) of jobs this registry submitted carry their suanli id and the config (and its
-        rates) that submitted them."""
-        if not natives:
-            yield from rows
-            return
-        for row in rows:
-            known = natives.get(str(row[3] or "").split("_")[0])
-            if known is None:
-                yield row
-                continue
-            job_id, name = known
-            if name == owner:
-                yield (*row[:4], job_id, *row[5:])
-                continue
-            cpu_rate, acc_rate, adapter = rates[name](row[9])
-            charge = charge_of(float(row[20]), float(row[21]), cpu_rate, acc_rate)  # type: ignore[arg-type]
-            yield (row[0], name, *row[2:4], job_id, *row[5:10], adapter, *row[11:22], charge, *row[23:])
 
     # ------------------------------------------------------------ which Slurm cluster a config names
     def physical(self, cfg: ClusterConfig) -> str:
@@ -266,6 +247,39 @@ class SlurmAccounting:
         return cmds, warnings
 
 
+def book_lines(ledger: Ledger, session: BookingSession | None, lines: Iterable[str], booking: Booking,
+               stats: ParseStats) -> int:
+    """Book one sacct window's lines: on SQLite through the sync's bulk session (the allocations as the sacct
+    reader yields them; SQL makes the records), elsewhere as ledger rows made here. What a sync and the
+    ingest bench run."""
+    if session is not None:
+        return session.store(allocation_tuples(lines, stats=stats))
+    rates = {name: _lookup(table) for name, table in booking.rates.items()}
+    parsed = usage_rows(lines, booking.cluster, rates.get(booking.cluster, no_rates), stats=stats, key=booking.key)
+    return ledger.record_rows(_submitters(parsed, booking.natives, booking.cluster, rates))
+
+
+def _submitters(rows: Iterator[tuple[object, ...]], natives: Mapping[str, tuple[str, str]], owner: str,
+                rates: dict[str, Rates]) -> Iterator[tuple[object, ...]]:
+    """Records (ledger rows) of jobs this registry submitted carry their suanli id and the config (and its
+    rates) that submitted them."""
+    if not natives:
+        yield from rows
+        return
+    for row in rows:
+        known = natives.get(str(row[3] or "").split("_")[0])
+        if known is None:
+            yield row
+            continue
+        job_id, name = known
+        if name == owner:
+            yield (*row[:4], job_id, *row[5:])
+            continue
+        cpu_rate, acc_rate, adapter = rates[name](row[9] if isinstance(row[9], str) else None)
+        charge = charge_of(float(row[20]), float(row[21]), cpu_rate, acc_rate)  # type: ignore[arg-type]
+        yield (row[0], name, *row[2:4], job_id, *row[5:10], adapter, *row[11:22], charge, *row[23:])
+
+
 # ---------------------------------------------------------------- helpers
 def _login() -> str:
     from suanli.compute.base import current_user
@@ -289,13 +303,18 @@ def _sacct_time(t: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(t))
 
 
-def _rates(cfg: ClusterConfig) -> Any:
-    parts = {p.name: p for p in cfg.partitions}
+def _rate_table(cfg: ClusterConfig) -> dict[str, Rate]:
+    """Partition name -> (cpu_hour, accelerator_hour, adapter) of a config (a partition it does not name is
+    charged nothing)."""
+    return {p.name: (p.charge.cpu_hour, p.charge.accelerator_hour, p.adapter) for p in cfg.partitions}
 
-    def rates(partition: str | None) -> tuple[float, float, str | None]:
-        p = parts.get(partition or "")
-        if p is None:
-            return 0.0, 0.0, None
-        return p.charge.cpu_hour, p.charge.accelerator_hour, p.adapter
+
+def _lookup(table: Mapping[str, Rate]) -> Rates:
+    def rates(partition: str | None) -> Rate:
+        return table.get(partition or "", (0.0, 0.0, None))
 
     return rates
+
+
+def _rates(cfg: ClusterConfig) -> Rates:
+    return _lookup(_rate_table(cfg))

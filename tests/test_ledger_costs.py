@@ -126,7 +126,7 @@ def test_a_batch_keeps_any_text_and_null_exactly(ledger_url: str | None, home: P
 def test_a_sqlite_batch_reads_the_records_it_rewrites_once(home: Path) -> None:
     """A batch that rewrites records moves the roll-ups from one table of deltas: the records it rewrites read
     once, each record's millionths computed once per side. A batch of new records only is copied in as it is
-    (no probe, no deltas) and adds each record to each roll-up: one statement per roll-up."""
+    (no probe, no deltas), its records added up once per finest group, and each roll-up moved by the groups."""
     rnd = random.Random(11)
     recs = [_record(rnd, i) for i in range(300)]
     Ledger(None, home).record(recs[:100])  # some are there already: the first batch rewrites them
@@ -136,8 +136,10 @@ def test_a_sqlite_batch_reads_the_records_it_rewrites_once(home: Path) -> None:
     deltas = [s for s in db.sent if "round(" in s and "usage_delta" in s]
     staged = [s for s in db.sent if s.startswith("INSERT INTO usage_stage")]
     added = [s for s in db.sent if "round(" in s and "usage_delta" not in s]
+    from_groups = [s for s in db.sent if s.startswith("INSERT INTO usage_") and "FROM usage_groups" in s]
     assert len(read_old) == 1 and len(deltas) == 2, (read_old, deltas)
-    assert len(staged) == 300 and len(added) == 3, (len(staged), added)  # the new batch: one per roll-up
+    assert len(staged) == 300 and len(added) == 1, (len(staged), added)  # the new batch: grouped once
+    assert len(from_groups) == 3, from_groups  # then one statement per roll-up
     _assert_exact(led)
     led.close()
 

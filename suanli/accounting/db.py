@@ -206,6 +206,23 @@ class Database:
             if self._conn is not None:
                 self._conn.execute(f"PRAGMA busy_timeout = {int(saved * 1000)}")
 
+    def attach(self, path: Path | str, name: str) -> None:
+        """SQLite: attach a scratch database file under ``name`` (outside any transaction: SQLite refuses it
+        inside one), so whole statements read from it."""
+        with self._lock:
+            try:
+                self.connect().execute(f"ATTACH DATABASE ? AS {name}", (str(path),))
+            except sqlite3.Error as exc:
+                raise self._sqlite_error(exc) from None
+
+    def detach(self, name: str) -> None:
+        with self._lock:
+            if self._conn is not None:
+                try:
+                    self._conn.execute(f"DETACH DATABASE {name}")
+                except sqlite3.Error as exc:
+                    log.warning("ledger %s: could not detach %s: %s", self.where, name, exc)
+
     def close(self) -> None:
         if self._conn is not None:
             try:

@@ -8,7 +8,6 @@ deleted in the same transaction that books its real usage.
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -18,22 +17,14 @@ from pathlib import Path
 from typing import Any
 
 from suanli.accounting.admission import RESOURCE_NAMES, Admission, Check
-from suanli.accounting.db import BULK_FLAG, ROLLUP_SUMS, ROLLUPS, Database, Tx, delta_sql, micro, rollup_batch_sql
+from suanli.accounting.bulk import STAGE, UPSERT, Booking, BookingSession, store_staged
+from suanli.accounting.db import Database, Tx
 from suanli.accounting.records import COLUMNS, UsageRecord
 from suanli.accounting.reports import REPORT_KEYS, Reports
 
 __all__ = ["BATCH", "REPORT_KEYS", "RESOURCE_NAMES", "Check", "Ledger", "NativeDone"]
 
 BATCH = 25_000  # per transaction: bigger batches touch each index page once for many records
-_UPSERT = (
-    f"INSERT INTO usage_records ({', '.join(COLUMNS)}, recorded_at) VALUES ({', '.join('?' * (len(COLUMNS) + 1))}) "
-    "ON CONFLICT (record_id) DO UPDATE SET "
-    + ", ".join(
-        f"{c} = COALESCE(excluded.{c}, usage_records.{c})" if c == "job_id" else f"{c} = excluded.{c}"
-        for c in (*COLUMNS[1:], "recorded_at")
-    )
-)
-
 #: (cluster or the config names of one Slurm cluster, native ids that sacct booked as ended).
 NativeDone = tuple[str | Sequence[str], Sequence[str]]
 
@@ -136,6 +127,14 @@ class Ledger(Admission, Reports):
         if failure:
             raise failure[0]
         return n
+
+    def booking(self, booking: Booking) -> BookingSession | None:
+        """A bulk booking session for a sync's allocations (``bulk.py``), or None where the ledger has none
+        (PostgreSQL: its rows go through ``record_rows``)."""
+        if self.db.dialect != "sqlite":
+            return None
+        self.db.connect()  # migrates before the slots are attached
+        return BookingSession(self.db, booking, BATCH)
 
     def _upsert(self, tx: Tx, rows: list[tuple[object, ...]], now: float,
                 quiet: threading.Event | None = None) -> None:
@@ -248,60 +247,18 @@ class Ledger(Admission, Reports):
 
 def _upsert_sqlite(tx: Tx, rows: list[tuple[object, ...]], now: float, quiet: threading.Event | None) -> None:
     """A few rows: the upsert, and the row triggers move the roll-ups. A batch: staged (the only part that needs
-    the GIL row by row: the parser waits), then moved by whole statements that let the parser run, with the
-    triggers told to stand aside. A batch of new records only (a sync's usual one) is copied in, no probe first,
-    and added to the roll-ups record by record; one that rewrites records takes away what they held before and
-    adds what the batch holds, through the deltas table."""
+    the GIL row by row: the parser waits), then stored by whole statements that let the parser run."""
     if len(rows) < 64:
-        tx.executemany(_UPSERT, [(*row, now) for row in rows])
+        tx.executemany(UPSERT, [(*row, now) for row in rows])
         return
-    tx.execute(_STAGE)
+    tx.execute(STAGE)
     tx.execute("DELETE FROM usage_stage")
-    if len({row[0] for row in rows}) != len(rows):  # one upsert per record id, as PostgreSQL's path
-        rows = list({row[0]: row for row in rows}.values())
     with _pausing(quiet):
         tx.executemany(_STAGE_INSERT, rows)
-    tx.execute(f"INSERT INTO {BULK_FLAG} VALUES (1)")
-    try:  # as new records: a record already stored aborts the statement, and SQLite backs out what it wrote
-        tx.execute(_NEW_FROM_STAGE, (now,))
-        rollups = _ROLLUPS_OF_NEW
-    except sqlite3.IntegrityError:  # a rewrite: what the records held before is taken away, then the batch added
-        for sql in [*delta_sql(f"SELECT * FROM usage_records WHERE record_id IN ({_STAGED_IDS})", "-"),
-                    *delta_sql("SELECT * FROM usage_stage", "")[1:]]:
-            tx.execute(sql)
-        tx.execute(_FROM_STAGE, (now,))
-        rollups = rollup_batch_sql()
-    for sql in rollups:
-        tx.execute(sql)
-    tx.execute(f"DELETE FROM {BULK_FLAG}")
+    store_staged(tx, now)
 
 
-def _rollups_of_new() -> list[str]:
-    """SQLite: each roll-up moved by a batch of new records, one upsert per record into its roll-up row: the
-    roll-up's own key finds the row (sorting the batch into groups first costs more, measured: a sync's batch has
-    nearly a group per record in the daily roll-up); exact, as each record adds its own millionths."""
-    out = []
-    for table, (period, cols) in ROLLUPS.items():
-        keys = (period, *cols)
-        pk = ("account", period, *cols[1:])
-        adds = ", ".join(f"{c} = {table}.{c} + excluded.{c}" for c in ("jobs", *ROLLUP_SUMS))
-        out.append(f"INSERT INTO {table} ({', '.join((*keys, 'jobs', *ROLLUP_SUMS))}) "
-                   f"SELECT {', '.join(f'COALESCE({k}, {_EMPTY})' for k in keys)}, 1, "
-                   f"{', '.join(micro('sqlite', c) for c in ROLLUP_SUMS.values())} "
-                   f"FROM usage_stage WHERE true ON CONFLICT ({', '.join(pk)}) DO UPDATE SET {adds}")
-    return out
-
-
-_EMPTY = "''"
-_STAGE = "CREATE TEMP TABLE IF NOT EXISTS usage_stage AS SELECT * FROM usage_records WHERE 0"
 _STAGE_INSERT = f"INSERT INTO usage_stage ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
-_STAGED_IDS = "SELECT record_id FROM usage_stage"
-_FROM_STAGE = _UPSERT.replace(f"VALUES ({', '.join('?' * (len(COLUMNS) + 1))})",
-                              f"SELECT {', '.join(COLUMNS)}, ? FROM usage_stage WHERE true")
-#: A batch of new records: a plain INSERT (ABORT on a conflict), so finding that none is stored yet costs nothing.
-_NEW_FROM_STAGE = (f"INSERT INTO usage_records ({', '.join(COLUMNS)}, recorded_at) "
-                   f"SELECT {', '.join(COLUMNS)}, ? FROM usage_stage")
-_ROLLUPS_OF_NEW = _rollups_of_new()
 
 
 @contextmanager

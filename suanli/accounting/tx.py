@@ -97,7 +97,7 @@ class Tx:
         """PostgreSQL: load rows with COPY (text format, one round trip for the whole batch)."""
         if self.begin:
             self.cur.execute(self._begun("SELECT 1"))
-        data = "".join("\t".join(map(_copy_text, row)) + "\n" for row in rows)
+        data = _copy_data(rows if isinstance(rows, list) else list(rows), len(columns))
         self.cur.copy_expert(f"COPY {table} ({', '.join(columns)}) FROM STDIN", io.StringIO(data))
 
     def one(self, sql: str, params: Sequence[Any] = ()) -> Any:
@@ -136,7 +136,24 @@ class Tx:
 
 
 #: COPY's text format: a backslash, tab, newline or carriage return inside a value is escaped.
+_NON_FINITE = [f"{a}{w}{b}" for w in ("inf", "-inf", "nan") for a in "\t\n" for b in "\t\n"]
 _COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+
+
+def _copy_data(rows: list[Sequence[Any]], width: int) -> str:
+    """The rows in COPY's text format. Fast path: every value as ``str`` gives (NULL as ``\\N``), then a check
+    over the whole text that no value held a tab, newline, carriage return or backslash (the separators and
+    the NULL markers are all it may hold) and that none is a float's inf or nan (``_copy_text`` spells them as
+    every PostgreSQL reads them); else each value escaped. Floats print as their shortest exact repr, which
+    PostgreSQL reads back to the same double."""
+    null = "\\N"
+    data = "".join(["\t".join([v if type(v) is str else (null if v is None else str(v)) for v in row]) + "\n"
+                    for row in rows])
+    nulls = sum(row.count(None) for row in rows)
+    if (data.count("\t") == len(rows) * (width - 1) and data.count("\n") == len(rows) and "\r" not in data
+            and data.count("\\") == nulls and not any(w in "\n" + data for w in _NON_FINITE)):
+        return data
+    return "".join("\t".join(map(_copy_text, row)) + "\n" for row in rows)
 
 
 def _copy_text(value: Any) -> str:
