@@ -2,11 +2,12 @@
 
 A record of an allocation is mostly the allocation itself; its id, native id, month, charge, adapter and (for a
 job this registry submitted) its suanli id and config follow from it and from the sync's rates and submitters.
-Handing SQLite only the allocation (19 values, not a record's 27) halves the Python work of binding them, and the
-rest is computed by SQL beside the insert. Two threads share the work: one parses and binds each batch into a
-slot file of its own connection (both need the GIL), the other moves the slot into the ledger with whole
-statements (SQLite's work, GIL released); two slots let one fill while the other is stored. Every record and
-roll-up it writes is what ``record_rows`` writes for the same allocations (a test compares them row by row).
+Handing SQLite only the allocation (19 values, not a record's 27) cuts the Python work of binding them, and the
+rest is computed by SQL beside the insert. Two processes share the work: the sync parses and binds each batch
+into one of two slot files, and a writer process of its own moves a filled slot into the ledger with whole
+statements while the next is filled (as two threads they would share the GIL and wait on each other). Every
+record and roll-up it writes is what ``record_rows`` writes for the same allocations (a test compares them row
+by row).
 """
 
 from __future__ import annotations
