@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import random
 import sqlite3
+import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -234,3 +237,22 @@ def test_copy_text_reads_back_as_written_on_postgres(pg_db: str, home: Path) -> 
                 assert (got[2] != got[2] and want[2] != want[2]) or (
                     got[2] == want[2] and math.copysign(1, got[2]) == math.copysign(1, want[2]))
     led.close()
+
+
+def test_a_killed_syncs_slot_folder_is_swept_by_the_next(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A sync killed with SIGKILL leaves its two slot files; the next sync removes them (their process is gone)
+    and leaves a live sync's alone."""
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    dead, live = scratch / f"suanli-sync-{gone.pid}-abc", scratch / f"suanli-sync-{os.getpid()}-def"
+    for folder in (dead, live):
+        folder.mkdir()
+        (folder / "suanli_slot0.db").write_bytes(b"")
+    with Ledger(None, tmp_path / "home").booking(Booking("slurm:k", "c")) as session:  # type: ignore[union-attr]
+        assert session.folder is not None and session.folder.parent == scratch
+        assert session.folder.name.startswith(f"suanli-sync-{os.getpid()}-")
+    assert not dead.exists() and live.exists()
+    assert sorted(p.name for p in scratch.iterdir()) == [live.name]

@@ -118,6 +118,7 @@ def _record_sql(slot: str, table: str, natives: bool, extra: str = "", value: st
             f"{join}LEFT JOIN {_RATES} AS r ON r.cluster = {cluster} AND r.partition_name = a.partition_name")
 
 
+_PREFIX = "suanli-sync-"  # the slot folder's name: this, the sync's pid, a dash, a unique tail
 _NATIVES = "temp.suanli_sync_natives"
 _RATES = "temp.suanli_sync_rates"
 _SLOTS = ("suanli_slot0", "suanli_slot1")
@@ -137,13 +138,14 @@ class BookingSession:
         self.slots: list[sqlite3.Connection] = []
         self.attached: list[str] = []  # slots attached to this process's ledger connection
         self.writer: subprocess.Popen[bytes] | None = None
-        self.pending: dict[int, int] = {}  # slot -> allocations the writer has not stored yet
+        self.pending: set[int] = set()  # slots handed to the writer that it has not reported stored yet
         self.params = {"key": booking.key, "cluster": booking.cluster, "backend": booking.backend,
                        "source": booking.source}
 
     def __enter__(self) -> BookingSession:
         try:
-            self.folder = Path(tempfile.mkdtemp(prefix="suanli-sync-"))
+            _sweep(Path(tempfile.gettempdir()))
+            self.folder = Path(tempfile.mkdtemp(prefix=f"{_PREFIX}{os.getpid()}-"))
             for name in _SLOTS:
                 conn = sqlite3.connect(self.folder / f"{name}.db", isolation_level=None)
                 # A slot is scratch space: nothing in it outlives the sync, so it needs no journal nor syncing.
@@ -192,7 +194,7 @@ class BookingSession:
         rerun rewrites them, as any sync)."""
         it = iter(allocations)
         now = time.time()
-        n = 0
+        n = 0  # handed over: all stored once the loop below has heard of each (else it raises)
         try:
             while True:
                 chunk = list(islice(it, self.batch))
@@ -200,23 +202,18 @@ class BookingSession:
                     break
                 if self.writer is None and len(chunk) < self.batch:  # the whole window: no process for it
                     self._fill(0, chunk)
-                    n += self._store_here(0, len(chunk), now)
-                    continue
-                free = [i for i in range(len(self.slots)) if i not in self.pending]
-                slot = free[0] if free else self._wait()
-                n += self.stored
-                self.stored = 0
-                self._fill(slot, chunk)
-                self._send({"slot": slot, "count": len(chunk), "now": now})
-                self.pending[slot] = len(chunk)
+                    self._store_here(0, len(chunk), now)
+                else:
+                    free = [i for i in range(len(self.slots)) if i not in self.pending]
+                    slot = free[0] if free else self._wait()
+                    self._fill(slot, chunk)
+                    self._send({"slot": slot, "count": len(chunk), "now": now})
+                    self.pending.add(slot)
+                n += len(chunk)
         finally:
             while self.pending:
                 self._wait()
-        n += self.stored
-        self.stored = 0
         return n
-
-    stored = 0  # allocations the writer reported stored since ``store`` last counted them
 
     def _fill(self, slot: int, chunk: list[tuple[object, ...]]) -> None:
         conn = self.slots[slot]
@@ -225,15 +222,14 @@ class BookingSession:
         conn.executemany(_INSERT, chunk)
         conn.execute("COMMIT")
 
-    def _store_here(self, slot: int, count: int, now: float) -> int:
+    def _store_here(self, slot: int, count: int, now: float) -> None:
         if not self.attached:
             self.db.attach(self.folder / f"{_SLOTS[slot]}.db", _SLOTS[slot])  # type: ignore[operator]
             self.attached.append(_SLOTS[slot])
             with self.db.transaction() as tx:
-                _session_tables(tx, self.booking)
+                _session_tables(tx, *_table_rows(self.booking))
         with self.db.transaction() as tx:
             _store_slot(tx, _SLOTS[slot], dict(self.params, now=now), count, bool(self.booking.natives))
-        return count
 
     def _send(self, message: dict[str, object]) -> None:
         if self.writer is None:
@@ -254,10 +250,9 @@ class BookingSession:
                 "from suanli.accounting.bulk import _writer_main; _writer_main()")
         self.writer = subprocess.Popen([sys.executable, "-c", boot, json.dumps(sys.path)], stdin=subprocess.PIPE,
                                        stdout=subprocess.PIPE, close_fds=True)
+        natives, rates = _table_rows(self.booking)
         head = {"ledger": str(self.db.path), "lock_wait_s": self.db.lock_wait_s, "params": self.params,
-                "slots": [str(self.folder / f"{name}.db") for name in _SLOTS],
-                "natives": [[base, job, cfg] for base, (job, cfg) in self.booking.natives.items()],
-                "rates": [[cfg, part, *r] for cfg, parts in self.booking.rates.items() for part, r in parts.items()]}
+                "slots": [str(self.folder / f"{name}.db") for name in _SLOTS], "natives": natives, "rates": rates}
         self._send(head)
         self._wait()  # "ready": the ledger opened and the session tables made (or why not)
 
@@ -278,18 +273,33 @@ class BookingSession:
         if "slot" not in msg:
             return -1
         slot = int(msg["slot"])
-        self.stored += self.pending.pop(slot)
+        self.pending.remove(slot)
         return slot
 
 
-def _session_tables(tx: Tx, booking_or_lists: Booking | tuple[list[list[object]], list[list[object]]]) -> None:
+def _sweep(folder: Path) -> None:
+    """Remove the slot folders that killed syncs left (their process is gone; a sync killed with SIGKILL
+    cannot clean up after itself): each sync sweeps before it makes its own. Only this user's."""
+    for old in folder.glob(f"{_PREFIX}*-*"):
+        pid = old.name[len(_PREFIX):].split("-", 1)[0]
+        try:
+            if not pid.isdigit() or old.stat().st_uid != os.getuid():
+                continue
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(old, ignore_errors=True)
+        except OSError:  # another user's process, or the folder went meanwhile
+            continue
+
+
+def _table_rows(booking: Booking) -> tuple[list[list[object]], list[list[object]]]:
+    """The booking's submitters and rates as the rows of their session tables (sent to the writer as they are)."""
+    return ([[base, job, cfg] for base, (job, cfg) in booking.natives.items()],
+            [[cfg, part, *r] for cfg, parts in booking.rates.items() for part, r in parts.items()])
+
+
+def _session_tables(tx: Tx, natives: list[list[object]], rates: list[list[object]]) -> None:
     """The sync's submitters and rates as session tables on this connection (the records' SQL joins them)."""
-    if isinstance(booking_or_lists, Booking):
-        b = booking_or_lists
-        natives: list[list[object]] = [[base, job, cfg] for base, (job, cfg) in b.natives.items()]
-        rates: list[list[object]] = [[cfg, part, *r] for cfg, parts in b.rates.items() for part, r in parts.items()]
-    else:
-        natives, rates = booking_or_lists
     tx.execute("CREATE TEMP TABLE IF NOT EXISTS suanli_sync_natives "
                "(base TEXT PRIMARY KEY, job_id TEXT, cluster TEXT) WITHOUT ROWID")
     tx.execute("CREATE TEMP TABLE IF NOT EXISTS suanli_sync_rates (cluster TEXT, partition_name TEXT, "
@@ -301,7 +311,7 @@ def _session_tables(tx: Tx, booking_or_lists: Booking | tuple[list[list[object]]
 
 
 def _writer_main() -> None:
-    """The writer process (``python -m suanli.accounting.bulk``): reads a header and then one line per filled
+    """The writer process (started by ``BookingSession._start``): reads a header and then one line per filled
     slot on stdin, stores each slot in its own transaction and reports it; any failure is reported as one line,
     and ends it. Its stdout is the protocol only (anything printed goes to stderr). Ctrl-C reaches the whole
     foreground group: the writer leaves it to the sync, which ends it by closing its input (after the batch
@@ -321,7 +331,7 @@ def _writer_main() -> None:
         for name, path in zip(_SLOTS, head["slots"], strict=True):
             db.attach(path, name)
         with db.transaction() as tx:
-            _session_tables(tx, (head["natives"], head["rates"]))
+            _session_tables(tx, head["natives"], head["rates"])
         say({"ready": True})
         natives = bool(head["natives"])
         for line in sys.stdin.buffer:
