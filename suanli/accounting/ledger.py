@@ -8,23 +8,28 @@ deleted in the same transaction that books its real usage.
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from itertools import islice
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from suanli.accounting.admission import RESOURCE_NAMES, Admission, Check
 from suanli.accounting.bulk import STAGE, UPSERT, Booking, BookingSession, store_staged
-from suanli.accounting.db import Database, Tx
+from suanli.accounting.db import Database, LedgerError, Tx
 from suanli.accounting.records import COLUMNS, UsageRecord
 from suanli.accounting.reports import REPORT_KEYS, Reports
+from suanli.accounting.tx import copy_data
 
 __all__ = ["BATCH", "REPORT_KEYS", "RESOURCE_NAMES", "Check", "Ledger", "NativeDone"]
 
 BATCH = 25_000  # per transaction: bigger batches touch each index page once for many records
+#: PostgreSQL's sync: a batch's roll-up groups grow slower than its records (a day's users and partitions), and
+#: its text is ~12 MB (10M records: 49k -> 5xk records/s over 25,000).
+PG_BATCH = 50_000
 #: (cluster or the config names of one Slurm cluster, native ids that sacct booked as ended).
 NativeDone = tuple[str | Sequence[str], Sequence[str]]
 
@@ -61,6 +66,29 @@ class Ledger(Admission, Reports):
                     self._upsert(tx, list(rows), time.time())
                 self._release(tx, release_jobs, release_native)
             return len(rows)
+        now = time.time()
+        # PostgreSQL: the parser also makes each batch's COPY text, so the writing thread only waits on the
+        # server (GIL free) and the two overlap whole; SQLite's writer needs the rows themselves.
+        ready: Callable[[list[Any]], list[tuple[object, ...]] | PgBatch] = (
+            (lambda b: b) if self.db.dialect == "sqlite" else (lambda b: pg_batch(b, now)))
+        return self._stream(rows, ready, now, release_jobs, release_native, batch)
+
+    def record_lines(self, lines: Iterable[tuple[str, str]], release_jobs: Sequence[str] = (),
+                     release_native: NativeDone | None = None, batch: int = PG_BATCH) -> int:
+        """PostgreSQL: ``record_rows`` for records already in COPY's text format, each line (COLUMNS, no
+        recorded_at, no newline) with its record id, as ``accounts_slurm.usage_copy_lines`` makes them: a sync's
+        parsing thread is PostgreSQL ingest's bottleneck, and a line made at once costs less than a row made and
+        then turned into text."""
+        if self.db.dialect == "sqlite":
+            raise LedgerError("ledger: record_lines is PostgreSQL's ingest; SQLite books through a BookingSession")
+        self.db.may_rewrite  # noqa: B018 - asked once, outside the write transactions
+        now = time.time()
+        return self._stream(lines, lambda b: lines_batch(b, now), now, release_jobs, release_native, batch)
+
+    def _stream(self, items: Iterable[Any], ready: Callable[[list[Any]], list[tuple[object, ...]] | PgBatch],
+                now: float, release_jobs: Sequence[str], release_native: NativeDone | None, batch: int) -> int:
+        """Store a stream in batches, each batch its own transaction; ``ready`` makes a batch of items what
+        ``_upsert`` stores."""
         # Parsing (the rows iterator) runs in a thread while this one writes: the database works with
         # the GIL released, so the two overlap. The queue is short, so memory stays a few batches. Handing a
         # batch's rows to the database (binding each value) needs the GIL row by row: the parser pauses for
@@ -68,14 +96,13 @@ class Ledger(Admission, Reports):
         # database's statements run.
         import queue  # here: a submit's booking of a few jobs never needs it
 
-        batches: queue.Queue[list[tuple[object, ...]] | None] = queue.Queue(maxsize=1)
+        batches: queue.Queue[list[tuple[object, ...]] | PgBatch | None] = queue.Queue(maxsize=1)
         stop = threading.Event()
         quiet = threading.Event()
         quiet.set()
         failure: list[BaseException] = []
-        now = time.time()
 
-        def put(item: list[tuple[object, ...]] | None) -> bool:
+        def put(item: list[tuple[object, ...]] | PgBatch | None) -> bool:
             while not stop.is_set():
                 try:
                     batches.put(item, timeout=0.1)
@@ -86,17 +113,17 @@ class Ledger(Admission, Reports):
 
         def produce() -> None:
             try:
-                it = iter(rows)
-                buf: list[tuple[object, ...]] = []
+                it = iter(items)
+                buf: list[Any] = []
                 while True:
                     quiet.wait()
                     chunk = list(islice(it, min(256, batch)))  # pulled in C, a few hundred at a time
                     buf += chunk
                     if len(buf) >= batch or not chunk:
                         if not chunk:
-                            put(buf)
+                            put(ready(buf) if buf else buf)
                             return
-                        if not put(buf[:batch]):
+                        if not put(ready(buf[:batch])):
                             return
                         buf = buf[batch:]
             except BaseException as exc:
@@ -105,23 +132,31 @@ class Ledger(Admission, Reports):
                 put(None)
 
         producer = threading.Thread(target=produce, name="suanli-ledger-parse", daemon=True)
+        # PostgreSQL: each of a batch's statements ends with this thread asking the parser for the GIL, and the
+        # server idles until it has it: a shorter switch interval than the default 5 ms (~5% of a batch's
+        # server time, in a handful of waits) while the stream runs.
+        switch = sys.getswitchinterval()
+        if self.db.dialect != "sqlite":
+            sys.setswitchinterval(min(switch, 0.001))
         producer.start()
         n = 0
-        pending: list[tuple[object, ...]] | None = None  # the last batch shares its transaction with the release
+        # the last batch shares its transaction with the release
+        pending: list[tuple[object, ...]] | PgBatch | None = None
         try:
             while (item := batches.get()) is not None:
                 if pending:
                     with self.db.transaction() as tx:
                         self._upsert(tx, pending, now, quiet)
-                    n += len(pending)
+                    n += _given(pending)
                 pending = item
         finally:
             stop.set()
             producer.join()
+            sys.setswitchinterval(switch)
         with self.db.transaction() as tx:
             if pending:
                 self._upsert(tx, pending, now, quiet)
-                n += len(pending)
+                n += _given(pending)
             if not failure:
                 self._release(tx, release_jobs, release_native)
         if failure:
@@ -136,32 +171,24 @@ class Ledger(Admission, Reports):
         self.db.connect()  # migrates before the slots are attached
         return BookingSession(self.db, booking, BATCH)
 
-    def _upsert(self, tx: Tx, rows: list[tuple[object, ...]], now: float,
+    def _upsert(self, tx: Tx, rows: list[tuple[object, ...]] | PgBatch, now: float,
                 quiet: threading.Event | None = None) -> None:
-        """Store a batch (rows without recorded_at: ``now`` is theirs); ``quiet`` (the parser's go-ahead) is
-        held while the rows are handed over."""
+        """Store a batch (rows without recorded_at: ``now`` is theirs; on PostgreSQL perhaps made ready by the
+        parsing thread, ``pg_batch``); ``quiet`` (the parser's go-ahead) is held while SQLite's rows are handed
+        over."""
         if tx.dialect == "sqlite":
+            assert not isinstance(rows, PgBatch)
             _upsert_sqlite(tx, rows, now, quiet)
             return
         rewrite = self.db.may_rewrite
-        cols = ", ".join((*COLUMNS, "recorded_at"))
-        # ON CONFLICT may touch a row once per statement
-        unique = list({row[0]: (*row, now) for row in rows}.values())
-        updates = ", ".join(
-            f"{c} = COALESCE(excluded.{c}, usage_records.{c})" if c == "job_id" else f"{c} = excluded.{c}"
-            for c in (*COLUMNS[1:], "recorded_at"))
-        conflict = f"ON CONFLICT (record_id) {f'DO UPDATE SET {updates}' if rewrite else 'DO NOTHING'}"
-        if len(unique) < 64:
+        if not isinstance(rows, PgBatch) and len(rows) < 64:
             # A few jobs that just ended (a submit settling its account): one statement, no session table.
+            unique = list({row[0]: (*row, now) for row in rows}.values())  # a statement may touch a row once
             one = f"({', '.join('?' * len(unique[0]))})"
-            tx.execute(f"INSERT INTO usage_records ({cols}) VALUES {', '.join([one] * len(unique))} {conflict}",
-                       [v for row in unique for v in row])
+            tx.execute(f"INSERT INTO usage_records ({', '.join(_PG_COLS)}) VALUES {', '.join([one] * len(unique))} "
+                       f"{_conflict(rewrite)}", [v for row in unique for v in row])
             return
-        # A batch: COPY into a session table, then one INSERT ... ON CONFLICT (5x executemany's rate).
-        tx.execute("CREATE TEMP TABLE IF NOT EXISTS usage_stage (LIKE usage_records) ON COMMIT DELETE ROWS")
-        with _pausing(quiet):
-            tx.copy("usage_stage", (*COLUMNS, "recorded_at"), unique)
-        tx.execute(f"INSERT INTO usage_records ({cols}) SELECT {cols} FROM usage_stage {conflict}")
+        _store_pg(tx, rows if isinstance(rows, PgBatch) else pg_batch(rows, now), rewrite)
 
     def release(self, job_ids: Sequence[str] = (), native: NativeDone | None = None) -> None:
         with self.db.transaction() as tx:
@@ -243,6 +270,72 @@ class Ledger(Admission, Reports):
         with self.db.transaction(single=True) as tx:
             tx.execute("INSERT INTO sync_marks (cluster, scope, mark) VALUES (?, ?, ?) ON CONFLICT (cluster, scope) "
                        "DO UPDATE SET mark = excluded.mark", (cluster, scope, mark))
+
+
+class PgBatch(NamedTuple):
+    """A PostgreSQL batch made ready to send: its rows (the last of each record id) in COPY's text format."""
+
+    given: int  # rows handed over (a repeated id counted each time, as a list's len counts it)
+    text: str
+
+
+_PG_COLS = (*COLUMNS, "recorded_at")
+
+
+def _given(batch: list[tuple[object, ...]] | PgBatch) -> int:
+    return batch.given if isinstance(batch, PgBatch) else len(batch)
+
+
+def lines_batch(lines: list[tuple[str, str]], now: float) -> PgBatch:
+    """``pg_batch`` for lines already in COPY's text (``record_lines``): the last line of each record id, each
+    ended by recorded_at."""
+    if not lines:
+        return PgBatch(0, "")
+    tail = f"\t{now!r}\n"
+    if len({rid for rid, _ in lines}) == len(lines):
+        return PgBatch(len(lines), tail.join([line for _, line in lines]) + tail)
+    return PgBatch(len(lines), tail.join({rid: line for rid, line in lines}.values()) + tail)
+
+
+def pg_batch(rows: list[tuple[object, ...]], now: float) -> PgBatch:
+    """The batch's COPY text (the last row of each record id: a statement may touch a row once), made where the
+    parsing runs (the sync's parsing thread): the writing thread then only sends it and waits for the server,
+    with the GIL free for the parser."""
+    unique = rows if len({row[0] for row in rows}) == len(rows) else list({row[0]: row for row in rows}.values())
+    # recorded_at, the same for every row, added to each line of the text, not to each row
+    return PgBatch(len(rows), copy_data(unique, len(COLUMNS), f"\t{now!r}"))
+
+
+def _store_pg(tx: Tx, batch: PgBatch, rewrite: bool) -> None:
+    """Store a PostgreSQL batch. The admin role's batch of new records is copied straight into the records
+    (their statement trigger moves the roll-ups): no session table, no second pass over the rows. A batch
+    that repeats a booked record (a sync's window overlapping the last) fails that COPY at once, and is
+    staged and upserted instead, as a user role's always is (row-level security refuses COPY for it)."""
+    import psycopg2.errors
+
+    cols = ", ".join(_PG_COLS)
+    if rewrite:
+        tx.execute("SAVEPOINT suanli_copy")  # kept to the commit (which ends it): no round trip to release it
+        try:
+            tx.copy_text("usage_records", _PG_COLS, batch.text)
+            return
+        except (psycopg2.errors.UniqueViolation, psycopg2.errors.FeatureNotSupported):
+            tx.execute("ROLLBACK TO SAVEPOINT suanli_copy")
+    # A batch: COPY into a session table, then one INSERT ... ON CONFLICT (5x executemany's rate).
+    tx.execute("CREATE TEMP TABLE IF NOT EXISTS usage_stage (LIKE usage_records) ON COMMIT DELETE ROWS")
+    tx.copy_text("usage_stage", _PG_COLS, batch.text)
+    tx.execute(f"INSERT INTO usage_records ({cols}) SELECT {cols} FROM usage_stage {_conflict(rewrite)}")
+
+
+def _conflict(rewrite: bool) -> str:
+    """What a booked record's id does to the row stored: a rewrite (the admin role; a job id once known stays),
+    or nothing (a user role never changes a record)."""
+    if not rewrite:
+        return "ON CONFLICT (record_id) DO NOTHING"
+    updates = ", ".join(
+        f"{c} = COALESCE(excluded.{c}, usage_records.{c})" if c == "job_id" else f"{c} = excluded.{c}"
+        for c in _PG_COLS[1:])
+    return f"ON CONFLICT (record_id) DO UPDATE SET {updates}"
 
 
 def _upsert_sqlite(tx: Tx, rows: list[tuple[object, ...]], now: float, quiet: threading.Event | None) -> None:

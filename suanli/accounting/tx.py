@@ -4,7 +4,6 @@ migration script into statements."""
 
 from __future__ import annotations
 
-import io
 import itertools
 import math
 import re
@@ -95,10 +94,16 @@ class Tx:
 
     def copy(self, table: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
         """PostgreSQL: load rows with COPY (text format, one round trip for the whole batch)."""
+        self.copy_text(table, columns, copy_data(rows if isinstance(rows, list) else list(rows), len(columns)))
+
+    def copy_text(self, table: str, columns: Sequence[str], data: str) -> None:
+        """PostgreSQL: load text already in COPY's format (``copy_data``)."""
         if self.begin:
             self.cur.execute(self._begun("SELECT 1"))
-        data = _copy_data(rows if isinstance(rows, list) else list(rows), len(columns))
-        self.cur.copy_expert(f"COPY {table} ({', '.join(columns)}) FROM STDIN", io.StringIO(data))
+        # One read of the whole text: psycopg2 takes the GIL back for every read (8 KiB by default), and a parsing
+        # thread beside it holds the GIL for its switch interval each time.
+        self.cur.copy_expert(f"COPY {table} ({', '.join(columns)}) FROM STDIN", _Once(data.encode()),
+                             size=max(len(data), 8192))
 
     def one(self, sql: str, params: Sequence[Any] = ()) -> Any:
         self.execute(sql, params)
@@ -135,25 +140,52 @@ class Tx:
         return int(self.cur.rowcount)
 
 
+class _Once:
+    """A file whose one read is the whole text, already bytes (``io.StringIO`` would copy it twice more)."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data: bytes | None = data
+
+    def read(self, size: int = -1) -> bytes:
+        data, self.data = self.data or b"", None
+        return data
+
+
 #: COPY's text format: a backslash, tab, newline or carriage return inside a value is escaped.
 _NON_FINITE = [f"{a}{w}{b}" for w in ("inf", "-inf", "nan") for a in "\t\n" for b in "\t\n"]
 _COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+#: ``str(None)`` between separators, and COPY's NULL in its place (twice for "\t": neighbours share a tab).
+_NONES = (("\tNone\t", "\t\\N\t"), ("\tNone\t", "\t\\N\t"), ("\tNone\n", "\t\\N\n"), ("\nNone\t", "\n\\N\t"),
+          ("\nNone\n", "\n\\N\n"))
 
 
-def _copy_data(rows: list[Sequence[Any]], width: int) -> str:
-    """The rows in COPY's text format. Fast path: every value as ``str`` gives (NULL as ``\\N``), then a check
-    over the whole text that no value held a tab, newline, carriage return or backslash (the separators and
-    the NULL markers are all it may hold) and that none is a float's inf or nan (``_copy_text`` spells them as
-    every PostgreSQL reads them); else each value escaped. Floats print as their shortest exact repr, which
-    PostgreSQL reads back to the same double."""
-    null = "\\N"
-    data = "".join(["\t".join([v if type(v) is str else (null if v is None else str(v)) for v in row]) + "\n"
-                    for row in rows])
+def copy_data(rows: Sequence[Sequence[Any]], width: int, tail: str = "") -> str:
+    """The rows in COPY's text format. Fast path: each row's values joined by ``str`` in C (no Python step per
+    value: a record has 28), the ``None`` they spell turned into ``\\N``; then a check over the whole text that
+    no value held a tab, newline, carriage return or backslash (the separators and the NULL markers are all it
+    may hold), that no value was the text ``None`` (the markers equal the NULLs) and that none is a float's inf
+    or nan (``_copy_text`` spells them as every PostgreSQL reads them); else each value escaped. Floats print as
+    their shortest exact repr, which PostgreSQL reads back to the same double. ``tail``: more columns, the same
+    on every line, already in COPY's format (``\tVALUE``), added to each."""
+    end = tail + "\n"
+    data = "".join(["\t".join(map(str, row)) + end for row in rows])
+    for none, null in _NONES:
+        data = data.replace(none, null)
+    if data.startswith(("None\t", "None\n")):
+        data = "\\N" + data[4:]
     nulls = sum(row.count(None) for row in rows)
-    if (data.count("\t") == len(rows) * (width - 1) and data.count("\n") == len(rows) and "\r" not in data
-            and data.count("\\") == nulls and not any(w in "\n" + data for w in _NON_FINITE)):
+    # Each None made one marker with one backslash, and so did a value "None": more backslashes than NULLs
+    # means a value held one, or spelled None.
+    if (data.count("\t") == len(rows) * (width - 1 + tail.count("\t")) and data.count("\n") == len(rows)
+            and "\r" not in data and data.count("\\") == nulls
+            and not (("inf" in data or "nan" in data) and any(w in "\n" + data for w in _NON_FINITE))):
         return data
-    return "".join("\t".join(map(_copy_text, row)) + "\n" for row in rows)
+    return "".join(copy_line(row) + end for row in rows)
+
+
+def copy_line(row: Sequence[Any]) -> str:
+    """One row in COPY's text format, every value escaped (no newline)."""
+    return "\t".join(map(_copy_text, row))
 
 
 def _copy_text(value: Any) -> str:
