@@ -8,12 +8,14 @@ from __future__ import annotations
 import dataclasses
 import math
 import random
+import secrets
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from test_accounting import _pg_url, pg, pg_db  # noqa: F401 - fixtures
+from test_accounting import _pg_url, _super, pg, pg_db  # noqa: F401 - fixtures
 from test_ingest_fast import _lines
 from test_ledger_rollups import _assert_exact, _record
 
@@ -21,9 +23,9 @@ from suanli.accounting import db as dbmod
 from suanli.accounting import tx as txmod
 from suanli.accounting.bulk import Rate
 from suanli.accounting.db import ROLLUPS
-from suanli.accounting.ledger import Ledger
+from suanli.accounting.ledger import Ledger, PgBatch, _short_switch, lines_batch
 from suanli.accounting.records import COLUMNS, UsageRecord
-from suanli.accounts_slurm import Booking, ParseStats, book_lines, usage_rows
+from suanli.accounts_slurm import FIELDS, Booking, ParseStats, book_lines, usage_rows
 
 
 @pytest.fixture
@@ -65,13 +67,15 @@ def test_new_batches_are_copied_and_repeats_rewrite_booked_records(pg_db: str, h
     twice = dataclasses.replace(new[0], cpu_seconds=new[0].cpu_seconds + 1.0)
     assert led.record_rows(_rows([*new, twice]), batch=100) == 51
     assert not any(s.startswith("ROLLBACK TO") for s in statements)
-    # A re-sync: 150 booked records with new values (another account, user, day, kind). Each batch holding a
-    # booked id fails its COPY and takes the staged upsert, which rewrites them.
+    # A re-sync: 250 booked records with new values (another account, user, day, kind). A batch holding a
+    # booked id fails its COPY and takes the staged upsert, which rewrites them; after two such batches in a
+    # row the third is staged at once.
     statements.clear()
-    again = [dataclasses.replace(_record(rnd, 1000 + i), record_id=r.record_id) for i, r in enumerate(first[:150])]
-    assert led.record_rows(_rows(again), batch=100) == 150
+    again = [dataclasses.replace(_record(rnd, 1000 + i), record_id=r.record_id) for i, r in enumerate(first[:250])]
+    assert led.record_rows(_rows(again), batch=100) == 250
     assert sum(s.startswith("ROLLBACK TO SAVEPOINT suanli_copy") for s in statements) == 2
-    assert sum(s.startswith("INSERT INTO usage_records") and "FROM usage_stage" in s for s in statements) == 2
+    assert sum(s.startswith("SAVEPOINT suanli_copy") for s in statements) == 2
+    assert sum(s.startswith("INSERT INTO usage_records") and "FROM usage_stage" in s for s in statements) == 3
     want = {r.record_id: r.row()[:len(COLUMNS)] for r in [*first, *again, *new, twice]}
     assert _stored(led) == want
     _assert_exact(led)
@@ -180,3 +184,42 @@ def test_the_copy_lines_book_what_the_row_path_books(pg_db: str, home: Path, tmp
     values = [v for row in stored[1].values() for v in row]
     assert "ac\\ct" in values and "u\t1" in values and "None" in values and "sl-b" in values
     assert all_stats[0] == all_stats[1] and all_stats[0].bad == 3  # one broken line in each window
+
+
+def test_a_latin1_ledger_stores_what_it_was_given(pg: str, home: Path) -> None:  # noqa: F811
+    """COPY's text goes in the connection's encoding, as the driver sends statements: a LATIN1 ledger keeps a
+    user named josé whether the record came by COPY (a sync's batch) or by one INSERT (a few ended jobs)."""
+    name = "t_" + secrets.token_hex(4)
+    _super(f"CREATE DATABASE {name} OWNER suanli_admin TEMPLATE template0 ENCODING 'LATIN1' "
+           "LC_COLLATE 'C' LC_CTYPE 'C'")
+    try:
+        led = Ledger(_pg_url("suanli_admin", name), home)
+        rnd = random.Random(3)
+        recs = [dataclasses.replace(_record(rnd, i), user="josé", account="café") for i in range(120)]
+        led.record_rows(_rows(recs[:100]), batch=100)  # a batch: COPY
+        led.record(recs[100:])  # a few: one INSERT
+        booking = Booking("slurm:k", "c")
+        line = "|".join(["7", "7", "josé", "café", "cpu", "COMPLETED", "4", "1", "cpu=4,node=1", "60", "240",
+                         "01:00", "2026-11-01T10:00:00", "2026-11-01T10:00:00", "2026-11-01T10:01:00"]) + "\n"
+        assert book_lines(led, None, ["|".join(FIELDS) + "\n", line], booking, ParseStats()) == 1
+        stored = _stored(led)
+        assert len(stored) == 121 and {(r[7], r[8]) for r in stored.values()} == {("josé", "café")}
+        led.close()
+    finally:
+        _super(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+def test_a_batch_keeps_the_last_line_of_each_record_id_and_streams_share_the_switch_interval() -> None:
+    now = 1.5
+    assert lines_batch([("a", "a\tx"), ("b", "b\ty"), ("a", "a\tz")], now) == PgBatch(3, "a\tz\t1.5\nb\ty\t1.5\n")
+    assert lines_batch([], now) == PgBatch(0, "")
+    before = sys.getswitchinterval()
+    with _short_switch(True):
+        assert sys.getswitchinterval() == min(before, 0.001)
+        outer = _short_switch(True)
+        outer.__enter__()
+        with _short_switch(True):
+            pass
+    assert sys.getswitchinterval() == min(before, 0.001)  # one stream still runs
+    outer.__exit__(None, None, None)
+    assert sys.getswitchinterval() == before

@@ -132,30 +132,26 @@ class Ledger(Admission, Reports):
                 put(None)
 
         producer = threading.Thread(target=produce, name="suanli-ledger-parse", daemon=True)
-        # PostgreSQL: each of a batch's statements ends with this thread asking the parser for the GIL, and the
-        # server idles until it has it: a shorter switch interval than the default 5 ms (~5% of a batch's
-        # server time, in a handful of waits) while the stream runs.
-        switch = sys.getswitchinterval()
-        if self.db.dialect != "sqlite":
-            sys.setswitchinterval(min(switch, 0.001))
-        producer.start()
         n = 0
         # the last batch shares its transaction with the release
         pending: list[tuple[object, ...]] | PgBatch | None = None
+        copying = _Copying()
         try:
-            while (item := batches.get()) is not None:
-                if pending:
-                    with self.db.transaction() as tx:
-                        self._upsert(tx, pending, now, quiet)
-                    n += _given(pending)
-                pending = item
+            with _short_switch(self.db.dialect != "sqlite"):
+                producer.start()
+                while (item := batches.get()) is not None:
+                    if pending:
+                        with self.db.transaction() as tx:
+                            self._upsert(tx, pending, now, quiet, copying)
+                        n += _given(pending)
+                    pending = item
         finally:
             stop.set()
-            producer.join()
-            sys.setswitchinterval(switch)
+            if producer.ident is not None:
+                producer.join()
         with self.db.transaction() as tx:
             if pending:
-                self._upsert(tx, pending, now, quiet)
+                self._upsert(tx, pending, now, quiet, copying)
                 n += _given(pending)
             if not failure:
                 self._release(tx, release_jobs, release_native)
@@ -172,7 +168,7 @@ class Ledger(Admission, Reports):
         return BookingSession(self.db, booking, BATCH)
 
     def _upsert(self, tx: Tx, rows: list[tuple[object, ...]] | PgBatch, now: float,
-                quiet: threading.Event | None = None) -> None:
+                quiet: threading.Event | None = None, copying: _Copying | None = None) -> None:
         """Store a batch (rows without recorded_at: ``now`` is theirs; on PostgreSQL perhaps made ready by the
         parsing thread, ``pg_batch``); ``quiet`` (the parser's go-ahead) is held while SQLite's rows are handed
         over."""
@@ -188,7 +184,7 @@ class Ledger(Admission, Reports):
             tx.execute(f"INSERT INTO usage_records ({', '.join(_PG_COLS)}) VALUES {', '.join([one] * len(unique))} "
                        f"{_conflict(rewrite)}", [v for row in unique for v in row])
             return
-        _store_pg(tx, rows if isinstance(rows, PgBatch) else pg_batch(rows, now), rewrite)
+        _store_pg(tx, rows if isinstance(rows, PgBatch) else pg_batch(rows, now), rewrite, copying or _Copying())
 
     def release(self, job_ids: Sequence[str] = (), native: NativeDone | None = None) -> None:
         with self.db.transaction() as tx:
@@ -306,21 +302,36 @@ def pg_batch(rows: list[tuple[object, ...]], now: float) -> PgBatch:
     return PgBatch(len(rows), copy_data(unique, len(COLUMNS), f"\t{now!r}"))
 
 
-def _store_pg(tx: Tx, batch: PgBatch, rewrite: bool) -> None:
+class _Copying:
+    """Whether a stream still tries COPY straight into the records: after two batches in a row that repeated
+    booked records (a re-sync of a booked period), the rest is staged at once, so a failed COPY's rows (up to
+    its first repeat) are not written twice for every batch."""
+
+    def __init__(self) -> None:
+        self.misses = 0
+
+    @property
+    def on(self) -> bool:
+        return self.misses < 2
+
+
+def _store_pg(tx: Tx, batch: PgBatch, rewrite: bool, copying: _Copying) -> None:
     """Store a PostgreSQL batch. The admin role's batch of new records is copied straight into the records
     (their statement trigger moves the roll-ups): no session table, no second pass over the rows. A batch
-    that repeats a booked record (a sync's window overlapping the last) fails that COPY at once, and is
-    staged and upserted instead, as a user role's always is (row-level security refuses COPY for it)."""
+    that repeats a booked record (a sync's window overlapping the last) fails that COPY at its first repeat,
+    and is staged and upserted instead, as a user role's always is (row-level security refuses COPY for it)."""
     import psycopg2.errors
 
     cols = ", ".join(_PG_COLS)
-    if rewrite:
+    if rewrite and copying.on:
         tx.execute("SAVEPOINT suanli_copy")  # kept to the commit (which ends it): no round trip to release it
         try:
             tx.copy_text("usage_records", _PG_COLS, batch.text)
+            copying.misses = 0
             return
         except (psycopg2.errors.UniqueViolation, psycopg2.errors.FeatureNotSupported):
             tx.execute("ROLLBACK TO SAVEPOINT suanli_copy")
+            copying.misses += 1
     # A batch: COPY into a session table, then one INSERT ... ON CONFLICT (5x executemany's rate).
     tx.execute("CREATE TEMP TABLE IF NOT EXISTS usage_stage (LIKE usage_records) ON COMMIT DELETE ROWS")
     tx.copy_text("usage_stage", _PG_COLS, batch.text)
@@ -352,6 +363,33 @@ def _upsert_sqlite(tx: Tx, rows: list[tuple[object, ...]], now: float, quiet: th
 
 
 _STAGE_INSERT = f"INSERT INTO usage_stage ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
+
+
+#: Streams running that lowered the GIL switch interval, and the interval before the first of them.
+_SWITCH_LOCK = threading.Lock()
+_switch = {"streams": 0, "before": 0.005}
+
+
+@contextmanager
+def _short_switch(on: bool) -> Iterator[None]:
+    """PostgreSQL: each of a batch's statements ends with the writing thread asking the parser for the GIL, and
+    the server idles until it has it: a 1 ms switch interval instead of the default 5 ms (~5% of a batch's
+    server time, in a handful of waits) while any stream runs; the process's own value is back after the last."""
+    if not on:
+        yield
+        return
+    with _SWITCH_LOCK:
+        if not _switch["streams"]:
+            _switch["before"] = sys.getswitchinterval()
+            sys.setswitchinterval(min(_switch["before"], 0.001))
+        _switch["streams"] += 1
+    try:
+        yield
+    finally:
+        with _SWITCH_LOCK:
+            _switch["streams"] -= 1
+            if not _switch["streams"]:
+                sys.setswitchinterval(_switch["before"])
 
 
 @contextmanager

@@ -196,7 +196,8 @@ def _pg_apply_grouped(sources: tuple[tuple[str, str], ...]) -> str:
     """Version 3's body, one statement: a statement's rows (transition tables) are added up once per finest
     group (hashed, not sorted: a batch of 25,000 records is a few thousand groups), then each roll-up is moved
     by those groups in its key order (two writers lock roll-up rows in the same order). A group that nets to
-    zero (a record rewritten unchanged) writes nothing."""
+    zero (a record rewritten unchanged) writes nothing. ``g`` is read three times, so PostgreSQL computes it
+    once (no MATERIALIZED, which PostgreSQL 11 does not know)."""
     sumcols = ("jobs", *ROLLUP_SUMS)
     parts = " UNION ALL ".join(
         f"SELECT {', '.join(f'COALESCE({src}.{k}, {_EMPTY})' for k in _FINE)}, {sign}1, "
@@ -205,7 +206,7 @@ def _pg_apply_grouped(sources: tuple[tuple[str, str], ...]) -> str:
     names = ", ".join((*_FINE, *sumcols))
     fine = ", ".join(_FINE)
     moved = " OR ".join(f"SUM({c}) <> 0" for c in sumcols)
-    ctes = [f"g AS MATERIALIZED (SELECT {fine}, {', '.join(f'SUM({c}) AS {c}' for c in sumcols)} "
+    ctes = [f"g AS (SELECT {fine}, {', '.join(f'SUM({c}) AS {c}' for c in sumcols)} "
             f"FROM ({parts}) AS d ({names}) GROUP BY {fine})"]
     stmts = []
     for table in ROLLUPS:

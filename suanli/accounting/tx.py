@@ -102,8 +102,11 @@ class Tx:
             self.cur.execute(self._begun("SELECT 1"))
         # One read of the whole text: psycopg2 takes the GIL back for every read (8 KiB by default), and a parsing
         # thread beside it holds the GIL for its switch interval each time.
-        self.cur.copy_expert(f"COPY {table} ({', '.join(columns)}) FROM STDIN", _Once(data.encode()),
-                             size=max(len(data), 8192))
+        import psycopg2.extensions  # loaded already: this is PostgreSQL
+
+        # Bytes in the connection's encoding, as psycopg2 encodes text it is given (a LATIN1 ledger stays one)
+        raw = data.encode(psycopg2.extensions.encodings[self.cur.connection.encoding])
+        self.cur.copy_expert(f"COPY {table} ({', '.join(columns)}) FROM STDIN", _Once(raw), size=max(len(raw), 8192))
 
     def one(self, sql: str, params: Sequence[Any] = ()) -> Any:
         self.execute(sql, params)
