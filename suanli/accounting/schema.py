@@ -194,7 +194,7 @@ _FINE = ("day", "month", *ROLLUP_KEYS)
 
 def _pg_apply_grouped(sources: tuple[tuple[str, str], ...]) -> str:
     """Version 3's body, one statement: a statement's rows (transition tables) are added up once per finest
-    group (hashed, not sorted: a batch of 25,000 records is a few thousand groups), then each roll-up is moved
+    group (hashed, not sorted: a sync's batch of 50,000 records is a few thousand groups), then each roll-up is moved
     by those groups in its key order (two writers lock roll-up rows in the same order). A group that nets to
     zero (a record rewritten unchanged) writes nothing. ``g`` is read three times, so PostgreSQL computes it
     once (no MATERIALIZED, which PostgreSQL 11 does not know)."""
@@ -224,24 +224,28 @@ def _pg_apply_grouped(sources: tuple[tuple[str, str], ...]) -> str:
 _EMPTY = "'' COLLATE \"C\""
 
 
-def _pg_triggers(apply: str = "v2") -> str:
-    """Statement triggers with transition tables (one grouped upsert per batch, not one per record); SECURITY
-    DEFINER, so the roll-ups are written with the owner's rights: a suanli_user member that adds a record moves
-    them, but may not write them itself (it has SELECT only). ``apply``: the body of version 2 or 3 (3 only
-    replaces the functions)."""
-    out = []
-    for event, sources, refs in (
-            ("INSERT", (("new_rows", ""),), "NEW TABLE AS new_rows"),
-            ("UPDATE", (("old_rows", "-"), ("new_rows", "")), "OLD TABLE AS old_rows NEW TABLE AS new_rows"),
-            ("DELETE", (("old_rows", "-"),), "OLD TABLE AS old_rows")):
-        fn = f"suanli_rollup_{event.lower()}"
-        body = "\n".join(_pg_apply(t, sources) for t in ROLLUPS) if apply == "v2" else _pg_apply_grouped(sources)
-        out.append(f"CREATE OR REPLACE FUNCTION {fn}() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER "
-                   f"SET search_path FROM CURRENT AS $$ BEGIN\n{body}\nRETURN NULL; END $$;")
-        if apply == "v2":
-            out.append(f"CREATE TRIGGER usage_rollup_{event.lower()} AFTER {event} ON usage_records "
-                       f"REFERENCING {refs} FOR EACH STATEMENT EXECUTE FUNCTION {fn}();")
-    return "\n".join(out) + "\n"
+#: The statement triggers: event, the transition tables it reads (negated: old rows), its REFERENCING clause.
+_EVENTS = (("INSERT", (("new_rows", ""),), "NEW TABLE AS new_rows"),
+           ("UPDATE", (("old_rows", "-"), ("new_rows", "")), "OLD TABLE AS old_rows NEW TABLE AS new_rows"),
+           ("DELETE", (("old_rows", "-"),), "OLD TABLE AS old_rows"))
+
+
+def _pg_function(event: str, body: str) -> str:
+    """A roll-up trigger's function; SECURITY DEFINER, so the roll-ups are written with the owner's rights: a
+    suanli_user member that adds a record moves them, but may not write them itself (it has SELECT only)."""
+    return (f"CREATE OR REPLACE FUNCTION suanli_rollup_{event.lower()}() RETURNS trigger LANGUAGE plpgsql "
+            f"SECURITY DEFINER SET search_path FROM CURRENT AS $$ BEGIN\n{body}\nRETURN NULL; END $$;\n")
+
+
+def _pg_triggers() -> str:
+    """Version 2: statement triggers with transition tables (one grouped upsert per roll-up and batch, not one
+    per record)."""
+    out = ""
+    for event, sources, refs in _EVENTS:
+        out += _pg_function(event, "\n".join(_pg_apply(t, sources) for t in ROLLUPS))
+        out += (f"CREATE TRIGGER usage_rollup_{event.lower()} AFTER {event} ON usage_records "
+                f"REFERENCING {refs} FOR EACH STATEMENT EXECUTE FUNCTION suanli_rollup_{event.lower()}();\n")
+    return out
 
 
 def _v3(dialect: str) -> str:
@@ -260,7 +264,7 @@ def _v3(dialect: str) -> str:
         # entry in its six-column key's index); ~10% of the server's ingest time at 1M records.
         script += (f"ALTER TABLE {table} {', '.join(f'ALTER COLUMN {k} {c}' for k in (period, *keys))}, "
                    f"SET (fillfactor = 50);\n")
-    return script + _pg_triggers("v3")
+    return script + "".join(_pg_function(event, _pg_apply_grouped(sources)) for event, sources, _ in _EVENTS)
 
 
 def _v2(dialect: str) -> str:

@@ -100,11 +100,11 @@ class Tx:
         """PostgreSQL: load text already in COPY's format (``copy_data``)."""
         if self.begin:
             self.cur.execute(self._begun("SELECT 1"))
-        # One read of the whole text: psycopg2 takes the GIL back for every read (8 KiB by default), and a parsing
-        # thread beside it holds the GIL for its switch interval each time.
         import psycopg2.extensions  # loaded already: this is PostgreSQL
 
-        # Bytes in the connection's encoding, as psycopg2 encodes text it is given (a LATIN1 ledger stays one)
+        # Bytes in the connection's encoding, as psycopg2 encodes text it is given (a LATIN1 ledger stays one),
+        # read at once: psycopg2 takes the GIL back for every read (8 KiB by default), and a parsing thread
+        # beside it holds the GIL for its switch interval each time.
         raw = data.encode(psycopg2.extensions.encodings[self.cur.connection.encoding])
         self.cur.copy_expert(f"COPY {table} ({', '.join(columns)}) FROM STDIN", _Once(raw), size=max(len(raw), 8192))
 
